@@ -1,0 +1,426 @@
+"""TOML configuration -> frozen, validated settings.
+
+Every mistake is reported as a :class:`ConfigError` that names the file, the key (and its
+line when it can be found) and what is allowed, so the user knows the fix at once.
+
+>>> cfg = Config.from_dict({"window": {"size": "10m", "pane": "1m"}})
+>>> cfg.window.size_ms, cfg.window.pane_ms, cfg.window.panes
+(600000, 60000, 10)
+>>> Config.from_dict({"window": {"size": "ten minutes"}})
+Traceback (most recent call last):
+...
+streamskew.config.ConfigError: <dict>: [window] size = 'ten minutes': not a duration; use a number with a unit: 500ms, 90s, 15m, 1h, 1d
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+__all__ = [
+    "CATEGORICAL_METRICS",
+    "NUMERIC_METRICS",
+    "Config",
+    "ConfigError",
+    "DetectConfig",
+    "FeatureConfig",
+    "KafkaConfig",
+    "MessageConfig",
+    "WindowConfig",
+    "parse_duration",
+]
+
+NUMERIC_METRICS = ("jsd", "psi", "ks", "wasserstein", "linf", "chi2")
+CATEGORICAL_METRICS = ("linf", "jsd", "psi", "chi2")
+KINDS = ("numeric", "categorical")
+
+_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "min": 60_000, "h": 3_600_000, "d": 86_400_000}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|min|m|h|d)\s*$")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names where and how to fix it."""
+
+
+def parse_duration(text: str | int | float) -> int:
+    """Parse a duration such as ``"90s"``, ``"15m"``, ``"1h"`` into milliseconds.
+
+    >>> parse_duration("90s"), parse_duration("1.5h"), parse_duration("250ms")
+    (90000, 5400000, 250)
+    """
+    if isinstance(text, bool) or not isinstance(text, str | int | float):
+        raise ValueError(f"expected a duration string, got {type(text).__name__}")
+    if isinstance(text, int | float):
+        raise ValueError("a bare number is ambiguous; add a unit: 500ms, 90s, 15m, 1h, 1d")
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError("not a duration")
+    value = float(match.group(1)) * _UNITS_MS[match.group(2)]
+    if value != int(value):
+        raise ValueError("durations resolve to whole milliseconds")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class MessageConfig:
+    """Where the values live in a prediction-request message (dot paths).
+
+    ``features = ""`` means the features are the top-level keys of the message, minus the
+    other configured paths and ``exclude``.
+    """
+
+    features: str = "features"
+    timestamp: str | None = "timestamp"
+    model: str | None = "model"
+    prediction: str | None = "prediction"
+    exclude: tuple[str, ...] = ()
+    max_bytes: int = 1_048_576
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    """Event-time panes and the sliding window made of the last ``size / pane`` panes."""
+
+    size: str = "15m"
+    pane: str = "1m"
+    allowed_lateness: str = "30s"
+
+    @property
+    def size_ms(self) -> int:
+        return parse_duration(self.size)
+
+    @property
+    def pane_ms(self) -> int:
+        return parse_duration(self.pane)
+
+    @property
+    def allowed_lateness_ms(self) -> int:
+        return parse_duration(self.allowed_lateness)
+
+    @property
+    def panes(self) -> int:
+        return self.size_ms // self.pane_ms
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    """How a window is judged. Thresholds are floors: the sampling-noise floor may raise them."""
+
+    min_count: int = 200
+    numeric_metric: str = "jsd"
+    numeric_threshold: float = 0.1
+    categorical_metric: str = "linf"
+    categorical_threshold: float = 0.1
+    missing_rate_threshold: float = 0.05
+    out_of_range_threshold: float = 0.02
+    unseen_threshold: float = 0.02
+    type_change_threshold: float = 0.01
+    new_feature_threshold: float = 0.01
+    alpha: float = 1e-5
+    raise_after: int = 1
+    resolve_after: int = 2
+    resolve_ratio: float = 0.8
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Per-feature overrides."""
+
+    kind: str | None = None
+    metric: str | None = None
+    threshold: float | None = None
+    ignore: bool = False
+
+
+@dataclass(frozen=True)
+class BaselineBuildConfig:
+    """How ``streamskew baseline build`` summarizes training data."""
+
+    bins: int = 100
+    max_categories: int = 200
+    kll_k: int = 400
+    chunk_rows: int = 200_000
+
+
+# kafka-python settings we pass straight through, with Kafka's own names.
+_KAFKA_OWN_KEYS = ("bootstrap_servers", "topics", "topic_pattern", "group_id", "alerts_topic",
+                   "dlq_topic", "state_topic", "panes_topic")
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    """Kafka adapter settings; ``client`` holds kafka-python settings passed through as is."""
+
+    bootstrap_servers: str | tuple[str, ...] = "localhost:9092"
+    topics: tuple[str, ...] = ()
+    topic_pattern: str | None = None
+    group_id: str = "streamskew"
+    alerts_topic: str = "streamskew.alerts"
+    dlq_topic: str = "streamskew.dlq"
+    state_topic: str = "streamskew.state"
+    panes_topic: str = "streamskew.panes"
+    client: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __repr__(self) -> str:  # secrets must never reach a log line
+        safe = {k: ("***" if _is_secret(k) else v) for k, v in self.client.items()}
+        return (f"KafkaConfig(bootstrap_servers={self.bootstrap_servers!r}, "
+                f"topics={self.topics!r}, group_id={self.group_id!r}, client={safe!r})")
+
+
+def _is_secret(key: str) -> bool:
+    return any(word in key for word in ("password", "secret", "token", "key"))
+
+
+@dataclass(frozen=True)
+class Config:
+    """All settings of one streamskew deployment (see ``configs/example.toml``)."""
+
+    baseline: str | None = None
+    message: MessageConfig = field(default_factory=MessageConfig)
+    window: WindowConfig = field(default_factory=WindowConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
+    build: BaselineBuildConfig = field(default_factory=BaselineBuildConfig)
+    features: Mapping[str, FeatureConfig] = field(default_factory=lambda: MappingProxyType({}))
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    source: str = "<defaults>"
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike[str]) -> Config:
+        """Read and validate a TOML file; relative paths inside are relative to the file."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from None
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        config = _Reader(str(path), text).read(raw)
+        if config.baseline and not Path(config.baseline).is_absolute():
+            resolved = str((path.parent / config.baseline).resolve())
+            config = _replace(config, baseline=resolved)
+        return config
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], source: str = "<dict>") -> Config:
+        """Validate settings given as a dict shaped like the TOML file."""
+        return _Reader(source, None).read(dict(raw))
+
+    def feature(self, name: str) -> FeatureConfig:
+        """The overrides for ``name`` (defaults when none are configured)."""
+        return self.features.get(name, _NO_OVERRIDES)
+
+
+_NO_OVERRIDES = FeatureConfig()
+
+
+def _replace(obj: Any, **changes: Any) -> Any:
+    values = {f.name: getattr(obj, f.name) for f in fields(obj)}
+    values.update(changes)
+    return type(obj)(**values)
+
+
+class _Reader:
+    """Turns the raw TOML mapping into dataclasses, with errors that say where and how."""
+
+    def __init__(self, source: str, text: str | None) -> None:
+        self.source = source
+        self.text = text
+
+    def fail(self, section: str | None, key: str, message: str) -> ConfigError:
+        where = f"[{section}] {key}" if section else key
+        line = self._line_of(section, key)
+        at = f":{line}" if line else ""
+        return ConfigError(f"{self.source}{at}: {where}{message}")
+
+    def _line_of(self, section: str | None, key: str) -> int | None:
+        """Best-effort line number of ``key`` inside ``[section]`` for error messages."""
+        if self.text is None:
+            return None
+        in_section = section is None
+        key_pattern = re.compile(rf"^\s*\"?{re.escape(key)}\"?\s*=")
+        for number, line in enumerate(self.text.splitlines(), start=1):
+            stripped = line.strip()
+            if stripped.startswith("["):
+                name = stripped.strip("[]").strip().replace('"', "")
+                in_section = name == section
+                if in_section and section and key == section.split(".")[-1]:
+                    return number
+                continue
+            if in_section and key_pattern.match(line):
+                return number
+        return None
+
+    def read(self, raw: dict[str, Any]) -> Config:
+        known = {"baseline", "message", "window", "detect", "build", "features", "kafka"}
+        for key in raw:
+            if key not in known:
+                raise self.fail(None, key, f": unknown setting; allowed: {', '.join(sorted(known))}")
+        baseline = raw.get("baseline")
+        if baseline is not None and not isinstance(baseline, str):
+            raise self.fail(None, "baseline", ": must be a string path to a baseline file")
+        message = self._section(raw, "message", MessageConfig)
+        window = self._section(raw, "window", WindowConfig)
+        self._check_window(window)
+        detect = self._section(raw, "detect", DetectConfig)
+        self._check_detect(detect)
+        build = self._section(raw, "build", BaselineBuildConfig)
+        features = self._features(raw.get("features", {}))
+        kafka = self._kafka(raw.get("kafka", {}))
+        return Config(baseline=baseline, message=message, window=window, detect=detect,
+                      build=build, features=features, kafka=kafka, source=self.source)
+
+    def _section(self, raw: dict[str, Any], name: str, cls: type, table: Any = None) -> Any:
+        table = raw.get(name, {}) if table is None else table
+        if not isinstance(table, dict):
+            raise self.fail(None, name, ": must be a table, e.g. [" + name + "]")
+        allowed = {f.name: f for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in table.items():
+            if key not in allowed:
+                raise self.fail(name, key, f": unknown key; allowed: {', '.join(allowed)}")
+            values[key] = self._typed(name, key, value, allowed[key].default)
+        return cls(**values)
+
+    def _typed(self, section: str, key: str, value: Any, default: Any) -> Any:
+        """Check ``value`` against the type of the default; return it in the stored form."""
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise self.fail(section, key, f" = {value!r}: must be true or false")
+            return value
+        if isinstance(default, int) and not isinstance(default, bool):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise self.fail(section, key, f" = {value!r}: must be a whole number >= 0")
+            return value
+        if isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise self.fail(section, key, f" = {value!r}: must be a number >= 0")
+            return float(value)
+        if isinstance(default, tuple):
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise self.fail(section, key, f" = {value!r}: must be a list of strings")
+            return tuple(value)
+        if key == "threshold":  # optional per-feature number
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise self.fail(section, key, f" = {value!r}: must be a number >= 0")
+            return float(value)
+        if default is None or isinstance(default, str):
+            if value is not None and not isinstance(value, str):
+                raise self.fail(section, key, f" = {value!r}: must be a string")
+            return value if value != "" or key == "features" else None
+        return value
+
+    def _check_window(self, window: WindowConfig) -> None:
+        allowed = "use a number with a unit: 500ms, 90s, 15m, 1h, 1d"
+        for key in ("size", "pane", "allowed_lateness"):
+            try:
+                parse_duration(getattr(window, key))
+            except ValueError as exc:
+                raise self.fail("window", key, f" = {getattr(window, key)!r}: {exc}; {allowed}") \
+                    from None
+        if window.pane_ms <= 0:
+            raise self.fail("window", "pane", ": must be longer than 0")
+        if window.size_ms % window.pane_ms or window.size_ms < window.pane_ms:
+            raise self.fail("window", "size", f" = {window.size!r}: must be a whole multiple "
+                            f"of pane ({window.pane!r})")
+        if window.panes > 10_000:
+            raise self.fail("window", "pane", f" = {window.pane!r}: gives {window.panes} panes "
+                            "per window; use at most 10000 (a longer pane)")
+
+    def _check_detect(self, detect: DetectConfig) -> None:
+        if detect.numeric_metric not in NUMERIC_METRICS:
+            raise self.fail("detect", "numeric_metric", f" = {detect.numeric_metric!r}: "
+                            f"allowed: {', '.join(NUMERIC_METRICS)}")
+        if detect.categorical_metric not in CATEGORICAL_METRICS:
+            raise self.fail("detect", "categorical_metric", f" = {detect.categorical_metric!r}: "
+                            f"allowed: {', '.join(CATEGORICAL_METRICS)}")
+        if not 0 < detect.alpha < 0.5:
+            raise self.fail("detect", "alpha", f" = {detect.alpha!r}: must be in (0, 0.5), "
+                            "e.g. 1e-5 (the false-alarm rate per window and check)")
+        if not 0 < detect.resolve_ratio <= 1:
+            raise self.fail("detect", "resolve_ratio", f" = {detect.resolve_ratio!r}: "
+                            "must be in (0, 1]; 0.8 resolves below 80% of the threshold")
+        for key in ("raise_after", "resolve_after"):
+            if getattr(detect, key) < 1:
+                raise self.fail("detect", key, ": must be at least 1 window")
+
+    def _features(self, table: Any) -> Mapping[str, FeatureConfig]:
+        if not isinstance(table, dict):
+            raise self.fail(None, "features", ": must be tables like [features.amount]")
+        result = {}
+        for name, spec in table.items():
+            section = f"features.{name}"
+            if not isinstance(spec, dict):
+                raise self.fail(None, section, ": must be a table, e.g. [features.amount]")
+            feature = self._section({section: spec}, section, FeatureConfig)
+            if feature.kind is not None and feature.kind not in KINDS:
+                raise self.fail(section, "kind", f" = {feature.kind!r}: allowed: numeric, "
+                                "categorical")
+            allowed_metrics = NUMERIC_METRICS if feature.kind != "categorical" \
+                else CATEGORICAL_METRICS
+            if feature.metric is not None and feature.metric not in allowed_metrics:
+                raise self.fail(section, "metric", f" = {feature.metric!r}: allowed: "
+                                f"{', '.join(allowed_metrics)}")
+            result[name] = feature
+        return MappingProxyType(result)
+
+    def _kafka(self, table: Any) -> KafkaConfig:
+        if not isinstance(table, dict):
+            raise self.fail(None, "kafka", ": must be a table, e.g. [kafka]")
+        own = {k: v for k, v in table.items() if k in _KAFKA_OWN_KEYS}
+        client = {k: self._expand_env(k, v) for k, v in table.items() if k not in own}
+        passthrough = _kafka_python_keys() if client else frozenset()
+        for key in client:
+            if passthrough and key not in passthrough:
+                raise self.fail("kafka", key, ": not a streamskew or kafka-python setting; "
+                                "streamskew: " + ", ".join(_KAFKA_OWN_KEYS) +
+                                "; kafka-python names are passed through (e.g. security_protocol,"
+                                " sasl_mechanism, ssl_cafile)")
+        values: dict[str, Any] = {}
+        for key, value in own.items():
+            if key in ("topics",):
+                if isinstance(value, str):
+                    value = [value]
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    raise self.fail("kafka", key, f" = {value!r}: must be a list of topic names")
+                values[key] = tuple(value)
+            elif key == "bootstrap_servers" and isinstance(value, list):
+                values[key] = tuple(str(v) for v in value)
+            elif not isinstance(value, str):
+                raise self.fail("kafka", key, f" = {value!r}: must be a string")
+            else:
+                values[key] = value
+        return KafkaConfig(**values, client=MappingProxyType(client))
+
+    def _expand_env(self, key: str, value: Any) -> Any:
+        """``"${SASL_PASSWORD}"`` reads the environment, so secrets stay out of files."""
+        if not isinstance(value, str):
+            return value
+
+        def lookup(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in os.environ:
+                raise self.fail("kafka", key, f": environment variable {name} is not set")
+            return os.environ[name]
+
+        return _ENV_REF.sub(lookup, value)
+
+
+def _kafka_python_keys() -> frozenset[str]:
+    """Every setting name kafka-python's consumer, producer and admin client understand."""
+    try:
+        from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+    except ImportError:  # pragma: no cover - kafka-python is a core dependency
+        return frozenset()
+    keys: set[str] = set()
+    for client in (KafkaConsumer, KafkaProducer, KafkaAdminClient):
+        keys.update(getattr(client, "DEFAULT_CONFIG", {}))
+    return frozenset(keys)

@@ -1,0 +1,138 @@
+"""Event-time panes and the sliding window made of the last ``size`` of them.
+
+A :class:`Pane` holds every feature's summary for records whose event time falls in
+``[index * pane_ms, (index + 1) * pane_ms)``. Panes merge (partial panes from several
+partitions or processes become one) and serialize to bytes (state checkpoints, the panes
+topic). A :class:`SlidingWindow` keeps the last ``size`` panes and their aggregate: sliding by
+one pane adds the new one and subtracts the expired one, so the cost is O(bins), not
+O(records) or O(panes * bins).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import orjson
+
+from ..baseline import Baseline, CategoricalBaseline
+from ..sketch.categorical import CategoricalSummary, merge_heavy_hitters
+from ..sketch.numeric import NumericSummary
+
+__all__ = ["Pane", "SlidingWindow"]
+
+Summary = NumericSummary | CategoricalSummary
+
+
+@dataclass
+class Pane:
+    """Summaries of one model's records in one pane (or, aggregated, in one window)."""
+
+    index: int
+    records: int = 0
+    summaries: dict[str, Summary] = field(default_factory=dict)
+    new_features: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls, index: int, baseline: Baseline) -> Pane:
+        return cls(index, 0, {name: f.layout.empty() for name, f in baseline.features.items()})
+
+    def merge(self, other: Pane) -> None:
+        """Add ``other`` (same baseline) into this pane."""
+        self.records += other.records
+        for name, summary in other.summaries.items():
+            self.summaries[name].merge(summary)
+        for name, count in other.new_features.items():
+            self.new_features[name] = self.new_features.get(name, 0) + count
+
+    def subtract(self, other: Pane) -> None:
+        self.records -= other.records
+        for name, summary in other.summaries.items():
+            self.summaries[name].subtract(summary)
+        for name, count in other.new_features.items():
+            left = self.new_features.get(name, 0) - count
+            if left:
+                self.new_features[name] = left
+            else:
+                self.new_features.pop(name, None)
+
+    def copy(self) -> Pane:
+        return Pane(self.index, self.records,
+                    {name: s.copy() for name, s in self.summaries.items()},
+                    dict(self.new_features))
+
+    def to_bytes(self) -> bytes:
+        """Serialize (the baseline supplies the layouts when reading back)."""
+        return orjson.dumps({
+            "index": self.index, "records": self.records, "new_features": self.new_features,
+            "summaries": {name: base64.b64encode(s.to_bytes()).decode()
+                          for name, s in self.summaries.items()},
+        })
+
+    @classmethod
+    def from_bytes(cls, data: bytes, baseline: Baseline) -> Pane:
+        raw = orjson.loads(data)
+        summaries: dict[str, Summary] = {}
+        for name, encoded in raw["summaries"].items():
+            feature = baseline.features[name]
+            reader = CategoricalSummary if isinstance(feature, CategoricalBaseline) \
+                else NumericSummary
+            summaries[name] = reader.from_bytes(base64.b64decode(encoded), feature.layout)
+        return cls(raw["index"], raw["records"], summaries, dict(raw["new_features"]))
+
+
+class SlidingWindow:
+    """The last ``size`` panes of one model and their running aggregate.
+
+    >>> import numpy as np
+    >>> from streamskew.baseline import Baseline
+    >>> baseline = Baseline.from_columns({"x": [float(i) for i in range(100)]})
+    >>> window = SlidingWindow(2, baseline)
+    >>> for index in range(3):
+    ...     pane = Pane.empty(index, baseline)
+    ...     pane.summaries["x"].update(np.arange(10.0) * (index + 1))
+    ...     pane.records = 10
+    ...     window.push(pane)
+    >>> window.aggregate.records, float(window.aggregate.summaries["x"].moments[3])
+    (20, 27.0)
+    """
+
+    def __init__(self, size: int, baseline: Baseline) -> None:
+        self.size = size
+        self.baseline = baseline
+        self.panes: deque[Pane] = deque()
+        self.aggregate = Pane.empty(-1, baseline)
+
+    def push(self, pane: Pane) -> None:
+        """Slide to ``pane`` (the next pane in order; empty panes included)."""
+        self.panes.append(pane)
+        self.aggregate.merge(pane)
+        if len(self.panes) > self.size:
+            expired = self.panes.popleft()
+            self.aggregate.subtract(expired)
+        self.aggregate.index = pane.index
+        self._refresh_non_subtractable()
+
+    def _refresh_non_subtractable(self) -> None:
+        """Moments (min/max) and heavy hitters cannot be subtracted: re-derive from panes."""
+        panes = [p for p in self.panes if p.records]
+        for name, summary in self.aggregate.summaries.items():
+            parts = [p.summaries[name] for p in panes]
+            if isinstance(summary, NumericSummary):
+                summary.set_moments(parts)  # type: ignore[arg-type]
+            else:
+                summary.unseen = merge_heavy_hitters([s.unseen for s in parts])  # type: ignore
+
+    @property
+    def first_index(self) -> int:
+        return self.panes[0].index if self.panes else self.aggregate.index
+
+    @property
+    def has_records(self) -> bool:
+        return self.aggregate.records > 0
+
+    def summaries(self) -> Mapping[str, Summary]:
+        return self.aggregate.summaries
+

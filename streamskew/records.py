@@ -1,0 +1,388 @@
+"""Message bytes -> columnar feature values, classifying every bad record instead of raising.
+
+A batch of prediction-request messages (the bytes of Kafka record values, or lines of a JSONL
+file) becomes one :class:`Columns`: a float64 array per numeric feature (NaN where the value is
+missing or invalid), an object array per categorical feature (None where missing), event times
+and model names. Problems are reported as :class:`BadRecord` values:
+
+- record-level (``invalid_utf8``, ``invalid_json``, ``not_an_object``, ``features_not_an_object``,
+  ``bad_timestamp``, ``missing_timestamp``, ``too_large``): the record cannot be placed, so it is
+  not used;
+- field-level (``wrong_type``, ``non_finite``): the offending feature counts as invalid for
+  that record, the rest of the record is still used (``used=True``).
+
+>>> decoder = Decoder(MessageConfig(), {"amount": "numeric", "country": "categorical"})
+>>> cols, bad = decoder.decode([
+...     b'{"timestamp": 1000, "features": {"amount": 12.5, "country": "DE"}}',
+...     b'{"timestamp": 2000, "features": {"amount": "12", "country": null}}',
+...     b'not json'])
+>>> cols.count, cols.numeric["amount"].tolist(), cols.categorical["country"].tolist()
+(2, [12.5, nan], ['DE', None])
+>>> [(b.position, b.reason, b.used) for b in bad]
+[(2, 'invalid_json', False), (1, 'wrong_type', True)]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import orjson
+
+from .config import MessageConfig
+
+__all__ = ["BadRecord", "Columns", "Decoder", "Reason"]
+
+
+class Reason:
+    """Why a record (or one of its fields) was rejected; also the dead-letter header value."""
+
+    INVALID_UTF8 = "invalid_utf8"
+    INVALID_JSON = "invalid_json"
+    NOT_AN_OBJECT = "not_an_object"
+    FEATURES_NOT_AN_OBJECT = "features_not_an_object"
+    BAD_TIMESTAMP = "bad_timestamp"
+    MISSING_TIMESTAMP = "missing_timestamp"
+    TOO_LARGE = "too_large"
+    WRONG_TYPE = "wrong_type"
+    NON_FINITE = "non_finite"
+
+
+@dataclass(frozen=True)
+class BadRecord:
+    """One rejected record or field: where it was, why, and its original bytes."""
+
+    position: int
+    reason: str
+    detail: str
+    raw: bytes
+    used: bool = False
+
+
+NO_TIME = np.iinfo(np.int64).min  # marks "no event time in the message"
+
+
+@dataclass
+class Columns:
+    """The accepted records of one batch, one array per feature (row i = accepted record i)."""
+
+    count: int
+    positions: np.ndarray  # index of each accepted record in the input batch
+    timestamps: np.ndarray  # int64 epoch ms; NO_TIME where the message has none
+    models: np.ndarray | None  # object array of model names; None when no model path
+    numeric: dict[str, np.ndarray] = field(default_factory=dict)
+    categorical: dict[str, np.ndarray] = field(default_factory=dict)
+    invalid: dict[str, np.ndarray] = field(default_factory=dict)  # bool mask per feature
+    new_features: dict[str, int] = field(default_factory=dict)
+    present_kinds: dict[str, str] = field(default_factory=dict)  # kind seen for new features
+
+    def take(self, rows: np.ndarray) -> Columns:
+        """The subset of rows ``rows`` (e.g. the records of one model or one pane)."""
+        return Columns(
+            count=len(rows),
+            positions=self.positions[rows],
+            timestamps=self.timestamps[rows],
+            models=None if self.models is None else self.models[rows],
+            numeric={k: v[rows] for k, v in self.numeric.items()},
+            categorical={k: v[rows] for k, v in self.categorical.items()},
+            invalid={k: v[rows] for k, v in self.invalid.items()},
+            new_features=self.new_features,
+            present_kinds=self.present_kinds,
+        )
+
+
+def _path(text: str | None) -> tuple[str, ...]:
+    return tuple(text.split(".")) if text else ()
+
+
+def _get(obj: Any, path: tuple[str, ...]) -> Any:
+    for part in path:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(part)
+    return obj
+
+
+_ABSENT = object()
+
+
+class Decoder:
+    """Decodes batches of messages for a known feature schema (name -> "numeric"/"categorical").
+
+    Features named in the schema become columns; any other key under the features path is
+    counted as a *new feature* (for the schema check). The prediction, when configured, is the
+    feature named after the last part of its path.
+    """
+
+    def __init__(self, message: MessageConfig, schema: Mapping[str, str]) -> None:
+        self.message = message
+        self.schema = dict(schema)
+        self.features_path = _path(message.features)
+        self.timestamp_path = _path(message.timestamp)
+        self.model_path = _path(message.model)
+        self.prediction_path = _path(message.prediction)
+        self.prediction_name = self.prediction_path[-1] if self.prediction_path else None
+        # Keys that are not features in flat messages (features = "").
+        self.flat_skip = set(message.exclude)
+        for path in (self.timestamp_path, self.model_path, self.prediction_path):
+            if path:
+                self.flat_skip.add(path[0])
+
+    # -- parsing ---------------------------------------------------------------------------
+
+    def decode(self, raws: Sequence[bytes]) -> tuple[Columns, list[BadRecord]]:
+        """Decode a batch of raw messages."""
+        bad: list[BadRecord] = []
+        objects = self._parse(raws, bad)
+        return self._columns(objects, raws, bad)
+
+    def decode_objects(self, objects: Sequence[Any]) -> tuple[Columns, list[BadRecord]]:
+        """Decode already-parsed messages (dicts), e.g. from the in-process API."""
+        bad: list[BadRecord] = []
+        parsed: list[Any] = []
+        for position, obj in enumerate(objects):
+            if isinstance(obj, bytes | bytearray | memoryview | str):
+                raw = obj.encode() if isinstance(obj, str) else bytes(obj)
+                parsed.append(self._parse_one(position, raw, bad))
+            else:
+                parsed.append(obj)
+        raws = [b"" if not isinstance(o, bytes) else o for o in objects]
+        return self._columns(parsed, raws, bad)
+
+    def _parse(self, raws: Sequence[bytes], bad: list[BadRecord]) -> list[Any]:
+        limit = self.message.max_bytes
+        if all(len(raw) <= limit for raw in raws) and raws:
+            # One orjson call for the whole batch is much faster than one per message; any
+            # problem (or a message that is not exactly one JSON value) falls back below.
+            try:
+                objects = orjson.loads(b"[" + b",".join(raws) + b"]")
+            except orjson.JSONDecodeError:
+                objects = None
+            if objects is not None and len(objects) == len(raws):
+                return objects
+        return [self._parse_one(position, raw, bad) for position, raw in enumerate(raws)]
+
+    def _parse_one(self, position: int, raw: bytes, bad: list[BadRecord]) -> Any:
+        if len(raw) > self.message.max_bytes:
+            bad.append(BadRecord(position, Reason.TOO_LARGE,
+                                 f"{len(raw)} bytes > max_bytes {self.message.max_bytes}", raw))
+            return _ABSENT
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            error = str(exc)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            bad.append(BadRecord(position, Reason.INVALID_UTF8, str(exc), raw))
+            return _ABSENT
+        # NaN, Infinity and overflowing numbers are not JSON, but they carry usable fields:
+        # parse them as non-finite floats so only the affected features count as invalid.
+        try:
+            return json.loads(text, parse_constant=float)
+        except (ValueError, RecursionError):
+            bad.append(BadRecord(position, Reason.INVALID_JSON, error, raw))
+            return _ABSENT
+
+    # -- columns ---------------------------------------------------------------------------
+
+    def _columns(self, objects: list[Any], raws: Sequence[bytes],
+                 bad: list[BadRecord]) -> tuple[Columns, list[BadRecord]]:
+        keep: list[int] = []
+        feature_maps: list[dict[str, Any]] = []
+        features_path = self.features_path
+        for position, obj in enumerate(objects):
+            if obj is _ABSENT:
+                continue
+            if not isinstance(obj, dict):
+                bad.append(BadRecord(position, Reason.NOT_AN_OBJECT,
+                                     f"top-level JSON is {type(obj).__name__}", raws[position]))
+                continue
+            if features_path:
+                features = _get(obj, features_path)
+                if not isinstance(features, dict):
+                    what = "missing" if features is None else type(features).__name__
+                    bad.append(BadRecord(position, Reason.FEATURES_NOT_AN_OBJECT,
+                                         f"{'.'.join(features_path)} is {what}",
+                                         raws[position]))
+                    continue
+            else:
+                features = {k: v for k, v in obj.items() if k not in self.flat_skip}
+            keep.append(position)
+            feature_maps.append(features)
+
+        kept_objects = [objects[i] for i in keep]
+        timestamps, time_ok = self._timestamps(kept_objects, keep, raws, bad)
+        if not time_ok.all():
+            rows = np.flatnonzero(time_ok)
+            keep = [keep[i] for i in rows]
+            kept_objects = [kept_objects[i] for i in rows]
+            feature_maps = [feature_maps[i] for i in rows]
+            timestamps = timestamps[rows]
+
+        columns = Columns(count=len(keep), positions=np.asarray(keep, dtype=np.int64),
+                          timestamps=timestamps, models=self._models(kept_objects))
+        predictions = None
+        if self.prediction_name is not None:
+            predictions = [_get(o, self.prediction_path) for o in kept_objects]
+        for name, kind in self.schema.items():
+            if predictions is not None and name == self.prediction_name:
+                values = predictions
+            else:
+                values = [f.get(name) for f in feature_maps]
+            if kind == "numeric":
+                column, invalid = _numeric_column(values)
+                columns.numeric[name] = column
+            else:
+                column, invalid = _categorical_column(values)
+                columns.categorical[name] = column
+            columns.invalid[name] = invalid
+            if invalid.any():
+                self._report_invalid(name, kind, values, invalid, columns.positions, raws, bad)
+        self._count_new_features(feature_maps, columns)
+        bad.sort(key=lambda b: (b.used, b.position))
+        return columns, bad
+
+    def _timestamps(self, objects: list[Any], keep: list[int], raws: Sequence[bytes],
+                    bad: list[BadRecord]) -> tuple[np.ndarray, np.ndarray]:
+        n = len(objects)
+        ok = np.ones(n, dtype=bool)
+        if not self.timestamp_path:
+            return np.full(n, NO_TIME, dtype=np.int64), ok
+        values = [_get(o, self.timestamp_path) for o in objects]
+        types = set(map(type, values))
+        if types <= {int}:
+            array = np.fromiter(values, dtype=np.float64, count=n)
+            if n and (array.min() < 0 or array.max() >= 2**53):
+                types = {object}  # out of range: take the careful path
+            else:
+                return array.astype(np.int64), ok
+        result = np.empty(n, dtype=np.int64)
+        for i, value in enumerate(values):
+            millis, problem = _to_millis(value)
+            result[i] = millis
+            if problem:
+                ok[i] = False
+                bad.append(BadRecord(keep[i], Reason.BAD_TIMESTAMP,
+                                     f"{'.'.join(self.timestamp_path)}: {problem}", raws[keep[i]]))
+        return result, ok
+
+    def _models(self, objects: list[Any]) -> np.ndarray | None:
+        if not self.model_path:
+            return None
+        values = [_get(o, self.model_path) for o in objects]
+        column = np.empty(len(values), dtype=object)
+        column[:] = [v if isinstance(v, str) else (None if v is None else str(v)) for v in values]
+        return column
+
+    def _count_new_features(self, feature_maps: list[dict[str, Any]], columns: Columns) -> None:
+        known = self.schema
+        keys: dict[str, int] = {}
+        for features in feature_maps:
+            for key in features:
+                if key not in known:
+                    keys[key] = keys.get(key, 0) + 1
+        columns.new_features = keys
+
+    def _report_invalid(self, name: str, kind: str, values: list[Any], invalid: np.ndarray,
+                        positions: np.ndarray, raws: Sequence[bytes],
+                        bad: list[BadRecord]) -> None:
+        for row in np.flatnonzero(invalid):
+            value = values[row]
+            position = int(positions[row])
+            if isinstance(value, float) and not math.isfinite(value):
+                bad.append(BadRecord(position, Reason.NON_FINITE, f"{name}: {value}",
+                                     raws[position], used=True))
+            else:
+                bad.append(BadRecord(position, Reason.WRONG_TYPE,
+                                     f"{name}: {type(value).__name__} where {kind} expected",
+                                     raws[position], used=True))
+
+
+def _numeric_column(values: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """float64 values, NaN where missing or invalid; plus the invalid mask."""
+    n = len(values)
+    types = set(map(type, values))
+    if types <= {float, int, type(None)}:
+        # Fast path: numpy turns None into NaN; JSON floats are finite unless they were
+        # NaN/Infinity literals, which the careful parse turned into non-finite floats.
+        column = np.array(values, dtype=np.float64) if n else np.empty(0)
+        invalid = np.isinf(column)
+        if float in types:
+            invalid |= np.isnan(column) & np.fromiter((v is not None for v in values),
+                                                      dtype=bool, count=n)
+        column[invalid] = np.nan
+        return column, invalid
+    column = np.full(n, np.nan)
+    invalid = np.zeros(n, dtype=bool)
+    for i, value in enumerate(values):
+        kind = type(value)
+        if value is None:
+            continue
+        if (kind is float or kind is int) and math.isfinite(value):
+            column[i] = value
+        else:
+            invalid[i] = True
+    return column, invalid
+
+
+def _categorical_column(values: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Object array of category strings (None where missing or invalid); plus invalid mask."""
+    n = len(values)
+    column = np.empty(n, dtype=object)
+    types = set(map(type, values))
+    if types <= {str, type(None)}:
+        column[:] = values
+        return column, np.zeros(n, dtype=bool)
+    invalid = np.zeros(n, dtype=bool)
+    converted: list[str | None] = []
+    for i, value in enumerate(values):
+        category = category_string(value)
+        if category is None and value is not None:
+            invalid[i] = True
+        converted.append(category)
+    column[:] = converted
+    return column, invalid
+
+
+def category_string(value: Any) -> str | None:
+    """The category a scalar stands for: numbers and booleans as their JSON text.
+
+    >>> category_string(3), category_string(3.0), category_string(True), category_string([1])
+    ('3', '3', 'true', None)
+    """
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
+    return None
+
+
+def _to_millis(value: Any) -> tuple[int, str | None]:
+    """Epoch milliseconds from an int/float (ms) or an ISO-8601 string; or a problem."""
+    if value is None:
+        return NO_TIME, None
+    if isinstance(value, bool):
+        return NO_TIME, "boolean is not a time"
+    if isinstance(value, int | float):
+        if not math.isfinite(value) or value < 0 or value >= 2**53:
+            return NO_TIME, f"{value!r} is not epoch milliseconds"
+        return int(value), None
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            return NO_TIME, f"{value[:40]!r} is not ISO-8601"
+        if parsed.tzinfo is None:
+            return NO_TIME, f"{value[:40]!r} has no time zone; add Z or +00:00"
+        return round(parsed.timestamp() * 1000), None
+    return NO_TIME, f"{type(value).__name__} is not a time"

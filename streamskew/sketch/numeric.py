@@ -1,0 +1,247 @@
+"""Per-pane summary of one numeric feature, updated by a numba kernel.
+
+A :class:`NumericSummary` holds
+
+- ``bins``: counts over the baseline's bin edges ``e_0 < ... < e_k``: slot 0 is the underflow
+  (``v < e_0``), slot ``i`` (1..k) is ``[e_(i-1), e_i)`` (the last one closed), slot ``k+1``
+  the overflow (``v > e_k``). Exact integers: they add and subtract without error.
+- ``quantiles``: the counts of a :class:`~streamskew.sketch.quantiles.QuantileLayout` sketch
+  (relative value error <= 1% within its magnitude range); also exact integers.
+- ``counts``: ``[values, missing, invalid]``.
+- ``moments``: ``[sum, sum of squares, min, max]`` of the finite values (floats: they merge,
+  but a window re-derives them from its panes instead of subtracting).
+
+>>> layout = NumericLayout.from_edges(np.array([0.0, 1.0, 2.0]))
+>>> s = layout.empty()
+>>> s.update(np.array([-1.0, 0.5, 1.0, 2.0, 3.0, np.nan]), invalid=0)
+>>> s.bins.tolist(), s.counts.tolist()
+([1, 1, 2, 1], [5, 1, 0])
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass, field
+
+import numba
+import numpy as np
+
+from .quantiles import QuantileLayout
+
+__all__ = ["NumericLayout", "NumericSummary"]
+
+_FRACTION_MASK = (1 << 52) - 1
+_TWO_POW_MINUS_52 = 2.0**-52
+
+
+@numba.njit(cache=True, nogil=True)
+def _update(values, bits, edges, first_bin, last_bin, bins, quantiles, moments, multiplier,
+            key_min, buckets):
+    """Fold ``values`` into the pane; returns how many were NaN (missing or invalid)."""
+    nan = 0
+    total = 0.0
+    squares = 0.0
+    low = moments[2]
+    high = moments[3]
+    last = edges.shape[0] - 1
+    top_edge = edges[last]
+    zero_slot = buckets
+    for i in range(values.shape[0]):
+        v = values[i]
+        if v != v:
+            nan += 1
+            continue
+        total += v
+        squares += v * v
+        low = min(low, v)
+        high = max(high, v)
+        # Quantile slot from the float's exponent and mantissa (piecewise-linear log2).
+        b = bits[i] & 0x7FFFFFFFFFFFFFFF
+        exponent = (b >> 52) - 1023
+        fraction = (b & 0xFFFFFFFFFFFFF) * 2.0**-52
+        key = math.ceil((exponent + fraction) * multiplier) - key_min
+        if key < 0:
+            slot = zero_slot
+        else:
+            if key >= buckets:
+                key = buckets - 1
+            slot = zero_slot + 1 + key if v > 0 else zero_slot - 1 - key
+        quantiles[slot] += 1
+        # Bin = number of edges <= v. The slot brackets it (usually to one or two
+        # candidates), so the search is short; the top edge closes the last bin.
+        lo = first_bin[slot]
+        n = last_bin[slot] - lo
+        while n > 0:
+            half = n >> 1
+            if edges[lo + half] <= v:
+                lo += half + 1
+                n -= half + 1
+            else:
+                n = half
+        if lo == last + 1 and v <= top_edge:
+            lo = last
+        bins[lo] += 1
+    moments[0] += total
+    moments[1] += squares
+    moments[2] = low
+    moments[3] = high
+    return nan
+
+
+@dataclass(frozen=True)
+class NumericLayout:
+    """What every summary of one numeric feature shares: bin edges and quantile buckets."""
+
+    edges: np.ndarray
+    quantile_layout: QuantileLayout
+    # Per quantile slot, the range of "number of edges <= v" its values can have.
+    first_bin: np.ndarray = field(init=False, repr=False, compare=False)
+    last_bin: np.ndarray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        values = self.quantile_layout.slot_values
+        # Slot s holds values between the answers of slots s-1 and s+1 (widened by one
+        # slot on each side so float rounding at a bucket boundary cannot escape it).
+        below = np.concatenate([[-np.inf, -np.inf], values[:-2]])
+        above = np.concatenate([values[2:], [np.inf, np.inf]])
+        object.__setattr__(self, "first_bin", np.searchsorted(self.edges, below, "left"))
+        object.__setattr__(self, "last_bin", np.searchsorted(self.edges, above, "right"))
+
+    @classmethod
+    def from_edges(cls, edges: np.ndarray, quantile_layout: QuantileLayout | None = None
+                   ) -> NumericLayout:
+        edges = np.ascontiguousarray(edges, dtype=np.float64)
+        if edges.ndim != 1 or len(edges) < 1 or np.any(np.diff(edges) <= 0):
+            raise ValueError("bin edges must be a non-empty strictly increasing 1-d array")
+        if quantile_layout is None:
+            quantile_layout = QuantileLayout.around(float(np.max(np.abs(edges))))
+        return cls(edges, quantile_layout)
+
+    @property
+    def bin_slots(self) -> int:
+        return len(self.edges) + 1
+
+    def empty(self) -> NumericSummary:
+        """A summary with nothing in it."""
+        return NumericSummary(
+            self,
+            np.zeros(self.bin_slots, dtype=np.int64),
+            np.zeros(self.quantile_layout.slots, dtype=np.int64),
+            np.zeros(3, dtype=np.int64),
+            np.array([0.0, 0.0, np.inf, -np.inf]),
+        )
+
+
+@dataclass
+class NumericSummary:
+    """Mergeable, subtractable summary of one numeric feature over a pane or a window."""
+
+    layout: NumericLayout
+    bins: np.ndarray
+    quantiles: np.ndarray
+    counts: np.ndarray  # [values, missing, invalid]
+    moments: np.ndarray  # [sum, sum of squares, min, max]
+
+    def update(self, values: np.ndarray, invalid: int = 0) -> None:
+        """Add a float64 column (NaN = missing or invalid; ``invalid`` of them were invalid)."""
+        values = np.ascontiguousarray(values, dtype=np.float64)
+        q = self.layout.quantile_layout
+        layout = self.layout
+        nan = _update(values, values.view(np.int64), layout.edges, layout.first_bin,
+                      layout.last_bin, self.bins,
+                      self.quantiles, self.moments, q.multiplier, q.key_min, q.buckets)
+        self.counts[0] += len(values) - nan
+        self.counts[1] += nan - invalid
+        self.counts[2] += invalid
+
+    @property
+    def count(self) -> int:
+        """Finite values counted."""
+        return int(self.counts[0])
+
+    @property
+    def records(self) -> int:
+        """Records seen, with or without a usable value."""
+        return int(self.counts.sum())
+
+    def merge(self, other: NumericSummary) -> None:
+        """Add ``other`` (same layout) into this summary: exact for all counts."""
+        self.bins += other.bins
+        self.quantiles += other.quantiles
+        self.counts += other.counts
+        self.moments[:2] += other.moments[:2]
+        self.moments[2] = min(self.moments[2], other.moments[2])
+        self.moments[3] = max(self.moments[3], other.moments[3])
+
+    def subtract(self, other: NumericSummary) -> None:
+        """Remove ``other``'s counts (it must have been merged in). Moments are not subtracted:
+        min/max cannot be, so a window re-derives moments from its panes (see ``set_moments``)."""
+        self.bins -= other.bins
+        self.quantiles -= other.quantiles
+        self.counts -= other.counts
+
+    def set_moments(self, panes: list[NumericSummary]) -> None:
+        """Re-derive the moments from the panes that make up this window."""
+        moments = np.array([0.0, 0.0, np.inf, -np.inf])
+        for pane in panes:
+            moments[:2] += pane.moments[:2]
+            moments[2] = min(moments[2], pane.moments[2])
+            moments[3] = max(moments[3], pane.moments[3])
+        self.moments = moments
+
+    def copy(self) -> NumericSummary:
+        return NumericSummary(self.layout, self.bins.copy(), self.quantiles.copy(),
+                              self.counts.copy(), self.moments.copy())
+
+    def quantile(self, ranks: list[float] | np.ndarray) -> np.ndarray:
+        """Approximate quantiles (relative error <= the layout's accuracy)."""
+        return self.layout.quantile_layout.quantiles(self.quantiles, ranks)
+
+    @property
+    def mean(self) -> float:
+        return float(self.moments[0] / self.count) if self.count else math.nan
+
+    @property
+    def std(self) -> float:
+        if self.count < 2:
+            return math.nan
+        mean = self.moments[0] / self.count
+        variance = max(self.moments[1] / self.count - mean * mean, 0.0)
+        return math.sqrt(variance * self.count / (self.count - 1))
+
+    # -- bytes -------------------------------------------------------------------------------
+
+    _HEADER = struct.Struct("<4sHqqq")  # magic, version, nonzero quantile slot range, bins
+
+    def to_bytes(self) -> bytes:
+        """Compact little-endian bytes: only the occupied range of the quantile slots."""
+        occupied = np.flatnonzero(self.quantiles)
+        first, last = (int(occupied[0]), int(occupied[-1]) + 1) if len(occupied) else (0, 0)
+        header = self._HEADER.pack(b"SSNS", 1, first, last, len(self.bins))
+        return b"".join([
+            header,
+            self.counts.astype("<i8").tobytes(),
+            self.moments.astype("<f8").tobytes(),
+            self.bins.astype("<i8").tobytes(),
+            self.quantiles[first:last].astype("<i8").tobytes(),
+        ])
+
+    @classmethod
+    def from_bytes(cls, data: bytes, layout: NumericLayout) -> NumericSummary:
+        """Inverse of :meth:`to_bytes` for a summary of the same layout."""
+        magic, version, first, last, n_bins = cls._HEADER.unpack_from(data)
+        if magic != b"SSNS" or version != 1:
+            raise ValueError("not a streamskew numeric summary (or a newer version)")
+        if n_bins != layout.bin_slots or last > layout.quantile_layout.slots:
+            raise ValueError("summary bytes do not match this feature's baseline layout")
+        offset = cls._HEADER.size
+        counts = np.frombuffer(data, "<i8", 3, offset).astype(np.int64)
+        offset += 24
+        moments = np.frombuffer(data, "<f8", 4, offset).astype(np.float64)
+        offset += 32
+        bins = np.frombuffer(data, "<i8", n_bins, offset).astype(np.int64)
+        offset += 8 * n_bins
+        quantiles = np.zeros(layout.quantile_layout.slots, dtype=np.int64)
+        quantiles[first:last] = np.frombuffer(data, "<i8", last - first, offset)
+        return cls(layout, bins, quantiles, counts, moments)

@@ -1,0 +1,148 @@
+"""The sampling-noise floor under every threshold.
+
+A window of ``n`` records drawn from the baseline distribution itself still differs from it:
+with 100 bins and ``n = 100`` the Jensen-Shannon distance is around 0.5 from noise alone. So
+a check's effective threshold is ``max(configured threshold, noise floor)``, where the floor
+is the ``1 - alpha`` quantile of the distance under the null hypothesis "this window comes
+from the baseline distribution".
+
+How the floor is computed (deterministic, so every process and every replay agree):
+
+1. The baseline is itself a finite sample of ``N`` records, so both sides carry noise; the
+   variance of a bin-probability difference is ``p(1-p) (1/n + 1/N)``. We simulate windows of
+   the effective size ``n_eff = n N / (n + N)`` drawn from the baseline bin probabilities
+   (multinomial), 2,000 of them, with a seed derived from the feature, metric and size.
+2. The simulated statistic (the distance squared, or PSI / phi^2 as they are) is fitted by a
+   scaled chi-square ``a * chi2(nu)`` with the same mean and variance (Satterthwaite), and the
+   floor is its ``1 - alpha`` quantile (Wilson-Hilferty), which reaches far smaller ``alpha``
+   than 2,000 draws could resolve directly. Asymptotically the JS divergence *is* a scaled
+   chi-square (8 n JS ~ chi2(k - 1) in nats) and n KS^2 has the exponential tail of chi2(2).
+3. Window sizes are rounded down to a grid of ratio 2^(1/4), so the floor is cached and never
+   lower than the exact one (smaller windows have higher floors).
+
+Rates (missing, out-of-range, unseen, type changes) use a Chernoff bound instead: the floor is
+the smallest rate ``r > p0`` with ``n_eff KL(r || p0) >= ln(1 / alpha)``, which bounds the
+false-alarm probability by ``alpha`` for a binomial count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from statistics import NormalDist
+
+import numpy as np
+
+from .distances import NOISE_SHAPE, distance
+
+__all__ = ["NoiseFloors", "chi2_quantile", "effective_size", "rate_floor", "size_bucket"]
+
+DRAWS = 2000
+
+
+def size_bucket(n: int) -> int:
+    """Largest grid point (ratio 2^(1/4)) not above ``n``."""
+    if n < 2:
+        return max(n, 1)
+    step = math.floor(4 * math.log2(n) + 1e-9)
+    bucket = int(2 ** (step / 4))
+    while bucket > n:  # guard the float rounding of the power
+        step -= 1
+        bucket = int(2 ** (step / 4))
+    return max(bucket, 1)
+
+
+def effective_size(n: float, baseline_total: float) -> float:
+    """Window size with the noise of both the window and the (finite) baseline sample."""
+    if baseline_total <= 0:
+        return float(n)
+    return n * baseline_total / (n + baseline_total)
+
+
+def chi2_quantile(nu: float, alpha: float) -> float:
+    """Upper ``alpha`` quantile of chi-square with ``nu`` degrees (Wilson-Hilferty)."""
+    z = NormalDist().inv_cdf(1 - alpha)
+    h = 2 / (9 * nu)
+    return nu * max(1 - h + z * math.sqrt(h), 0.0) ** 3
+
+
+class NoiseFloors:
+    """Cached noise floors of one feature's distances (see the module docs).
+
+    >>> floors = NoiseFloors(np.full(100, 1000), alpha=1e-5, key="amount")
+    >>> floors.floor("jsd", 100) > 0.4 > floors.floor("jsd", 10_000) > 0.04
+    True
+    """
+
+    def __init__(self, baseline_counts: np.ndarray, alpha: float, key: str,
+                 points: np.ndarray | None = None, scale: float = 1.0) -> None:
+        self.baseline_counts = np.asarray(baseline_counts, dtype=np.int64)
+        self.total = int(self.baseline_counts.sum())
+        self.probabilities = self.baseline_counts / max(self.total, 1)
+        self.alpha = alpha
+        self.key = key
+        self.options = {"points": points, "scale": scale}
+        self._cache: dict[tuple[str, int], float] = {}
+
+    def floor(self, metric: str, n: int) -> float:
+        """The ``1 - alpha`` null quantile of ``metric`` for a window of ``n`` values."""
+        bucket = size_bucket(n)
+        cached = self._cache.get((metric, bucket))
+        if cached is None:
+            cached = self._simulate(metric, bucket)
+            self._cache[(metric, bucket)] = cached
+        return cached
+
+    def _simulate(self, metric: str, n: int) -> float:
+        if self.total == 0 or np.count_nonzero(self.baseline_counts) < 2:
+            return 0.0  # a single occupied bin: no sampling noise in its distribution
+        seed = hashlib.sha256(f"{self.key}|{metric}|{n}".encode()).digest()
+        rng = np.random.default_rng(int.from_bytes(seed[:8], "little"))
+        size = max(round(effective_size(n, self.total)), 1)
+        draws = rng.multinomial(size, self.probabilities, size=DRAWS)
+        values = distance(metric, draws, self.baseline_counts, **self.options)
+        square = NOISE_SHAPE[metric] == "square"
+        statistic = values**2 if square else values
+        mean, variance = float(statistic.mean()), float(statistic.var())
+        if variance <= 0 or mean <= 0:
+            quantile = float(statistic.max())
+        else:
+            scale, nu = variance / (2 * mean), 2 * mean * mean / variance
+            quantile = max(scale * chi2_quantile(nu, self.alpha), float(statistic.max()))
+        return math.sqrt(quantile) if square else quantile
+
+
+def rate_floor(p0: float, n: int, alpha: float, baseline_total: float) -> float:
+    """Smallest rate a window of ``n`` records reaches with probability <= ``alpha`` when the
+    true rate is ``p0`` (Chernoff bound with the effective size).
+
+    >>> round(rate_floor(0.01, 10_000, 1e-5, 1_000_000), 4)
+    0.0152
+    """
+    if n <= 0:
+        return 1.0
+    p0 = min(max(p0, 0.0), 1.0)
+    if p0 >= 1.0:
+        return 1.0
+    size = effective_size(n, baseline_total)
+    target = math.log(1 / alpha) / size
+    low, high = p0, 1.0
+    if _kl(high, p0) < target:
+        return 1.0
+    for _ in range(60):
+        middle = 0.5 * (low + high)
+        if _kl(middle, p0) >= target:
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+def _kl(r: float, p: float) -> float:
+    """Bernoulli KL divergence KL(r || p) in nats."""
+    total = 0.0
+    if r > 0:
+        total += r * math.log(r / p) if p > 0 else math.inf
+    if r < 1:
+        total += (1 - r) * math.log((1 - r) / (1 - p)) if p < 1 else math.inf
+    return total
