@@ -321,10 +321,11 @@ def _numeric_column(values: list[Any]) -> tuple[np.ndarray, np.ndarray]:
     column = np.full(n, np.nan)
     invalid = np.zeros(n, dtype=bool)
     for i, value in enumerate(values):
-        kind = type(value)
         if value is None:
             continue
-        if (kind is float or kind is int) and math.isfinite(value):
+        # isinstance, not type(): numpy scalars from the in-process API are numbers too.
+        if isinstance(value, float | int) and not isinstance(value, bool) \
+                and math.isfinite(value):
             column[i] = value
         else:
             invalid[i] = True

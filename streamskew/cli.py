@@ -1,0 +1,183 @@
+"""The ``streamskew`` command."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+from typing import IO, Any
+
+import click
+
+from .baseline import Baseline, BaselineError
+from .config import Config, ConfigError
+from .detector import DetectorStats, SkewEvent
+from .readers import FileProblem
+
+__all__ = ["main"]
+
+
+class _Problem(click.ClickException):
+    """A user-facing error: printed as 'error: ...', exit code 1."""
+
+    def format_message(self) -> str:
+        return self.message
+
+
+def _load_config(path: str | None) -> Config:
+    if path is None:
+        return Config()
+    try:
+        return Config.from_toml(path)
+    except ConfigError as exc:
+        raise _Problem(str(exc)) from None
+
+
+def _load_baseline(path: str | None, config: Config) -> Baseline:
+    path = path or config.baseline
+    if not path:
+        raise click.UsageError("no baseline: pass --baseline or set `baseline` in the config")
+    try:
+        return Baseline.load(path)
+    except BaselineError as exc:
+        raise _Problem(str(exc)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="streamskew")
+def main() -> None:
+    """Catch training-serving skew: compare serving data with a baseline of training data."""
+
+
+# -- baseline ----------------------------------------------------------------------------------
+
+
+@main.group()
+def baseline() -> None:
+    """Build or inspect a baseline (the training data's per-feature summary)."""
+
+
+@baseline.command("build")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="TOML config (message paths, feature kinds, [build] settings).")
+@click.option("--input", "inputs", multiple=True, required=True,
+              help="Training data: CSV (header row), JSONL or Parquet; several allowed.")
+@click.argument("more_inputs", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--output", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the baseline file (JSON).")
+def baseline_build(config_path: str | None, inputs: tuple[str, ...],
+                   more_inputs: tuple[str, ...], output: str) -> None:
+    """Build a baseline: streamskew baseline build --input train.csv --output baseline.json"""
+    config = _load_config(config_path)
+    paths = [*inputs, *more_inputs]
+    try:
+        built = Baseline.build(paths, config, progress=sys.stderr.isatty())
+    except (BaselineError, FileProblem) as exc:
+        raise _Problem(str(exc)) from None
+    built.save(output)
+    click.echo(built.describe(), err=True)
+    if built.skipped.total:
+        click.echo(f"skipped {built.skipped.total} unreadable lines: {built.skipped.counts}; "
+                   f"e.g. {'; '.join(built.skipped.examples)}", err=True)
+    click.echo(f"wrote {output}", err=True)
+
+
+@baseline.command("show")
+@click.argument("path", type=click.Path(dir_okay=False))
+def baseline_show(path: str) -> None:
+    """Print a readable per-feature summary of a baseline file."""
+    click.echo(_load_baseline(path, Config()).describe())
+
+
+# -- detect ------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="TOML config; defaults apply when omitted.")
+@click.option("--baseline", "baseline_path", type=click.Path(dir_okay=False),
+              help="Baseline file (default: `baseline` in the config).")
+@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False),
+              help="JSONL file of prediction-request messages.")
+@click.option("--output", type=click.Path(dir_okay=False),
+              help="Write events as JSON lines here (default: stdout).")
+@click.option("--dead-letter", type=click.Path(dir_okay=False),
+              help="Write bad lines here, each with its reason and line number.")
+@click.option("--report", type=click.Path(dir_okay=False), help="Write an HTML report here.")
+def detect(config_path: str | None, baseline_path: str | None, input_path: str,
+           output: str | None, dead_letter: str | None, report: str | None) -> None:
+    """Compare a file of logged requests with the baseline; print skew events."""
+    from .files import detect_file
+    from .report.collect import ReportCollector
+
+    config = _load_config(config_path)
+    baseline = _load_baseline(baseline_path, config)
+    if not Path(input_path).is_file():
+        raise _Problem(f"{input_path}: no such file")
+    collector = ReportCollector(baseline) if report else None
+    with ExitStack() as stack:
+        events_out: IO[bytes] = stack.enter_context(open(output, "wb")) if output \
+            else sys.stdout.buffer
+        dead: IO[bytes] | None = stack.enter_context(open(dead_letter, "wb")) \
+            if dead_letter else None
+
+        def write_event(event: SkewEvent) -> None:
+            events_out.write(event.to_json() + b"\n")
+            events_out.flush()
+
+        try:
+            run = detect_file(config, baseline, input_path, on_event=write_event,
+                              dead_letters=dead,
+                              on_window=collector.on_window if collector else None,
+                              progress=sys.stderr.isatty())
+        except OSError as exc:
+            raise _Problem(f"{input_path}: cannot read: {exc.strerror}") from None
+    _print_summary(run.detector.stats)
+    if collector is not None:
+        _write_report(collector, report, run.detector.stats, run.events,
+                      f"detect: {input_path}", baseline_path or config.baseline)
+
+
+def _print_summary(stats: DetectorStats) -> None:
+    click.echo(stats.summary(), err=True)
+
+
+def _write_report(collector: Any, path: str, stats: DetectorStats, events: list[SkewEvent],
+                  source: str, baseline_path: str | None) -> None:
+    try:
+        from .report import write_report
+    except ImportError as exc:
+        raise _Problem(str(exc)) from None
+    write_report(collector.data(stats, events, source, baseline_path), path)
+    click.echo(f"report: {path}", err=True)
+
+
+# -- demo --------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--output-dir", default="streamskew-demo", show_default=True,
+              type=click.Path(file_okay=False),
+              help="Where the baseline, events, dead letters and report are written.")
+@click.option("--no-report", is_flag=True, help="Skip the HTML report.")
+def demo(output_dir: str, no_report: bool) -> None:
+    """Run the engine on bundled sample data with injected skews (no Kafka needed)."""
+    from .demo import run_demo
+
+    run_demo(Path(output_dir), report=not no_report)
+
+
+def _register_optional_commands() -> None:
+    """Kafka commands live in the kafka adapter; the core works without loading it."""
+    try:
+        from .kafka.local import local_kafka
+    except ImportError:  # pragma: no cover - kafka-python is a core dependency
+        return
+    main.add_command(local_kafka)
+
+
+_register_optional_commands()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
