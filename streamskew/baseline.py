@@ -395,7 +395,7 @@ class _Column:
 
 def _weighted_quantiles(values: np.ndarray, counts: np.ndarray, ranks: np.ndarray
                         ) -> np.ndarray:
-    """Exact lower quantiles of weighted data (the smallest x with CDF(x) >= rank)."""
+    """Exact quantiles of weighted data, numpy's "lower" method: element floor(rank * (n-1))."""
     cumulative = np.cumsum(counts)
     index = np.floor(np.asarray(ranks) * (cumulative[-1] - 1)).astype(np.int64)
     return values[np.searchsorted(cumulative, index, side="right")]

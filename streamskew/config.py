@@ -308,6 +308,9 @@ class _Reader:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise self.fail(section, key, f" = {value!r}: must be a list of strings")
             return tuple(value)
+        if section == "window" and isinstance(value, int | float):
+            raise self.fail(section, key, f" = {value!r}: a bare number is ambiguous; add a "
+                            "unit: 500ms, 90s, 15m, 1h, 1d")
         if key == "threshold":  # optional per-feature number
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise self.fail(section, key, f" = {value!r}: must be a number >= 0")

@@ -39,10 +39,10 @@ class SkippedLines:
     counts: dict[str, int] = field(default_factory=dict)
     examples: list[str] = field(default_factory=list)
 
-    def add(self, where: str, reason: str) -> None:
+    def add(self, where: str, reason: str, detail: str = "") -> None:
         self.counts[reason] = self.counts.get(reason, 0) + 1
         if len(self.examples) < 5:
-            self.examples.append(f"{where}: {reason}")
+            self.examples.append(f"{where}: {reason}{f' ({detail})' if detail else ''}")
 
     @property
     def total(self) -> int:
@@ -107,12 +107,12 @@ def _csv_chunks(path: Path, chunk_rows: int, skipped: SkippedLines,
             except StopIteration:
                 break
             except (csv.Error, UnicodeDecodeError) as exc:
-                skipped.add(f"{path}:{reader.line_num}", f"unreadable CSV line ({exc})")
+                skipped.add(f"{path}:{reader.line_num}", "unreadable CSV line", str(exc))
                 continue
             if len(row) != width:
                 if row:  # blank lines are fine
-                    skipped.add(f"{path}:{reader.line_num}",
-                                f"{len(row)} fields where the header has {width}")
+                    skipped.add(f"{path}:{reader.line_num}", "wrong number of fields",
+                                f"{len(row)} where the header has {width}")
                 continue
             for column, value in zip(columns, row, strict=True):
                 column.append(value)
@@ -156,7 +156,7 @@ def _jsonl_chunks(path: Path, message: MessageConfig, chunk_rows: int, skipped: 
             try:
                 obj = orjson.loads(line)
             except orjson.JSONDecodeError as exc:
-                skipped.add(f"{path}:{number}", f"invalid JSON ({exc})")
+                skipped.add(f"{path}:{number}", "invalid JSON", str(exc))
                 continue
             if not isinstance(obj, dict):
                 skipped.add(f"{path}:{number}", "not a JSON object")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -323,8 +324,8 @@ def _numeric_column(values: list[Any]) -> tuple[np.ndarray, np.ndarray]:
     for i, value in enumerate(values):
         if value is None:
             continue
-        # isinstance, not type(): numpy scalars from the in-process API are numbers too.
-        if isinstance(value, float | int) and not isinstance(value, bool) \
+        # numbers.Real, not type(): numpy scalars from the in-process API are numbers too.
+        if isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_) \
                 and math.isfinite(value):
             column[i] = value
         else:

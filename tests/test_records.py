@@ -1,0 +1,140 @@
+"""Decoding: good messages become columns; every kind of bad input is classified, never
+raised, and the good records beside it are still used."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import orjson
+import pytest
+
+from streamskew.config import MessageConfig
+from streamskew.records import NO_TIME, Decoder, Reason
+
+SCHEMA = {"amount": "numeric", "country": "categorical", "prediction": "numeric"}
+
+
+def good(i: int) -> bytes:
+    return orjson.dumps({"request_id": f"r-{i}", "timestamp": 1_764_324_000_000 + i,
+                         "model": "fraud", "features": {"amount": 10.0 + i, "country": "DE"},
+                         "prediction": 0.5})
+
+
+# (raw message, expected reason, used?)
+BAD_CORPUS = [
+    (b'{"timestamp": 1, "features": {"amount": 1', Reason.INVALID_JSON, False),
+    (b"", Reason.INVALID_JSON, False),
+    (b"\xff\xfe{}", Reason.INVALID_UTF8, False),
+    (b'{"features": {"country": "\xc3\x28"}}', Reason.INVALID_UTF8, False),
+    (b"[1, 2, 3]", Reason.NOT_AN_OBJECT, False),
+    (b'"just a string"', Reason.NOT_AN_OBJECT, False),
+    (b"null", Reason.NOT_AN_OBJECT, False),
+    (b'{"timestamp": 1764324000000, "features": [1, 2]}', Reason.FEATURES_NOT_AN_OBJECT, False),
+    (b'{"timestamp": 1764324000000}', Reason.FEATURES_NOT_AN_OBJECT, False),
+    (b'{"timestamp": "yesterday", "features": {}}', Reason.BAD_TIMESTAMP, False),
+    (b'{"timestamp": -5, "features": {}}', Reason.BAD_TIMESTAMP, False),
+    (b'{"timestamp": true, "features": {}}', Reason.BAD_TIMESTAMP, False),
+    (b'{"timestamp": "2025-11-28T10:00:00", "features": {}}', Reason.BAD_TIMESTAMP, False),
+    (b'{"timestamp": 1764324000000, "features": {"amount": "12.5"}}', Reason.WRONG_TYPE, True),
+    (b'{"timestamp": 1764324000000, "features": {"amount": true}}', Reason.WRONG_TYPE, True),
+    (b'{"timestamp": 1764324000000, "features": {"country": {"a": 1}}}', Reason.WRONG_TYPE,
+     True),
+    (b'{"timestamp": 1764324000000, "features": {"amount": NaN}}', Reason.NON_FINITE, True),
+    (b'{"timestamp": 1764324000000, "features": {"amount": Infinity}}', Reason.NON_FINITE,
+     True),
+    (b'{"timestamp": 1764324000000, "features": {"amount": 1e999}}', Reason.NON_FINITE, True),
+    (b'{"timestamp": 1764324000000, "features": {"amount": 1}, "pad": "'
+     + b"x" * 2_000_000 + b'"}', Reason.TOO_LARGE, False),
+    (b"[" * 100_000, Reason.INVALID_JSON, False),
+]
+
+
+@pytest.mark.parametrize(("raw", "reason", "used"), BAD_CORPUS,
+                         ids=[f"{r}-{i}" for i, (_, r, _) in enumerate(BAD_CORPUS)])
+def test_each_bad_message_is_classified_and_its_neighbours_survive(raw, reason, used):
+    decoder = Decoder(MessageConfig(), SCHEMA)
+    batch = [good(0), raw, good(2)]
+    columns, bad = decoder.decode(batch)
+    assert [(b.position, b.reason, b.used) for b in bad] == [(1, reason, used)]
+    assert bad[0].raw == raw and bad[0].detail
+    expected_rows = 3 if used else 2
+    assert columns.count == expected_rows
+    amounts = columns.numeric["amount"]
+    assert amounts[0] == 10.0 and amounts[-1] == 12.0  # the good records are intact
+    if used:  # the rest of the message is still used; the bad field counts as invalid
+        assert columns.invalid[next(iter(k for k in SCHEMA if columns.invalid[k][1]))][1]
+
+
+def test_whole_corpus_in_one_batch_loses_nothing():
+    decoder = Decoder(MessageConfig(), SCHEMA)
+    batch = [good(0)] + [raw for raw, _, _ in BAD_CORPUS] + [good(1)]
+    columns, bad = decoder.decode(batch)
+    assert sorted(b.position for b in bad) == list(range(1, len(BAD_CORPUS) + 1))
+    used = sum(1 for _, _, u in BAD_CORPUS if u)
+    assert columns.count == 2 + used
+
+
+def test_columns_values_missing_and_types():
+    decoder = Decoder(MessageConfig(), SCHEMA)
+    columns, bad = decoder.decode([
+        b'{"timestamp": 1000, "model": "a", "features": {"amount": 1, "country": "DE"},'
+        b' "prediction": 0.1}',
+        b'{"timestamp": "2025-11-28T10:00:00Z", "features": {"amount": null, "country": 7},'
+        b' "prediction": 0.2}',
+        b'{"features": {"extra": 1}}',
+    ])
+    assert bad == []
+    assert columns.timestamps[0] == 1000
+    assert columns.timestamps[1] == 1_764_324_000_000
+    assert columns.timestamps[2] == NO_TIME
+    assert columns.numeric["amount"][0] == 1.0 and math.isnan(columns.numeric["amount"][1])
+    assert columns.categorical["country"].tolist() == ["DE", "7", None]
+    assert columns.numeric["prediction"].tolist()[:2] == [0.1, 0.2]
+    assert columns.models.tolist() == ["a", None, None]
+    assert columns.new_features == {"extra": 1}
+    assert not any(columns.invalid[k].any() for k in SCHEMA)
+
+
+def test_flat_messages_use_top_level_keys_minus_envelope_and_exclude():
+    message = MessageConfig(features="", exclude=("request_id",))
+    decoder = Decoder(message, {"amount": "numeric"})
+    columns, bad = decoder.decode([b'{"request_id": "r", "timestamp": 5, "model": "m",'
+                                   b' "amount": 3.5, "new": 1}'])
+    assert bad == [] and columns.numeric["amount"].tolist() == [3.5]
+    assert columns.new_features == {"new": 1}  # request_id, timestamp, model are not features
+
+
+def test_nested_paths():
+    message = MessageConfig(features="request.inputs", timestamp="meta.ts", model="meta.model")
+    decoder = Decoder(message, {"x": "numeric"})
+    columns, bad = decoder.decode([b'{"meta": {"ts": 7, "model": "m"},'
+                                   b' "request": {"inputs": {"x": 2}}}'])
+    assert bad == [] and columns.timestamps.tolist() == [7]
+    assert columns.models.tolist() == ["m"] and columns.numeric["x"].tolist() == [2.0]
+
+
+def test_dict_input_with_numpy_scalars_is_numeric():
+    decoder = Decoder(MessageConfig(), {"x": "numeric"})
+    columns, bad = decoder.decode_objects([{"features": {"x": np.float64(1.5)}},
+                                           {"features": {"x": np.int32(2)}}])
+    assert bad == [] and columns.numeric["x"].tolist() == [1.5, 2.0]
+
+
+def test_random_bytes_never_raise():
+    """A fuzz pass: arbitrary bytes and mutated messages are classified, never raised."""
+    rng = np.random.default_rng(0)
+    decoder = Decoder(MessageConfig(), SCHEMA)
+    template = good(0)
+    batch = []
+    for _ in range(2000):
+        if rng.random() < 0.5:
+            batch.append(rng.integers(0, 256, rng.integers(0, 60)).astype(np.uint8).tobytes())
+        else:
+            mutated = bytearray(template)
+            for _ in range(rng.integers(1, 4)):
+                mutated[rng.integers(len(mutated))] = rng.integers(0, 256)
+            batch.append(bytes(mutated))
+    columns, bad = decoder.decode(batch)
+    rejected = {b.position for b in bad if not b.used}
+    assert columns.count + len(rejected) == len(batch)
