@@ -73,7 +73,10 @@ class ReportCollector:
     def data(self, stats: DetectorStats, events: list[SkewEvent], source: str,
              baseline_path: str | None) -> dict[str, Any]:
         """The report's input (see :func:`streamskew.report.render_report`)."""
-        active = {(e.model, e.feature) for e in events if e.type == "skew_detected"}
+        last: dict[tuple[str, str, str, str], str] = {}
+        for e in events:  # a feature is skewed while any of its checks is still raised
+            last[(e.model, e.feature, e.check, e.metric)] = e.type
+        active = {(m, f) for (m, f, _, _), kind in last.items() if kind == "skew_detected"}
         models = []
         for model, tracks in sorted(self.models.items()):
             baseline = self.baselines.get(model, self.baseline)
