@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
+import numbers
 import os
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -224,7 +225,8 @@ class Baseline:
                      config: Config | None = None) -> Baseline:
         """Build from in-memory columns (name -> values), e.g. a dict of lists or arrays."""
         config = config or Config()
-        chunk = {name: list(values) for name, values in columns.items()}
+        chunk = {name: values.tolist() if isinstance(values, np.ndarray) else list(values)
+                 for name, values in columns.items()}
         lengths = {len(v) for v in chunk.values()}
         if len(lengths) > 1:
             raise BaselineError("all columns must have the same length")
@@ -410,6 +412,8 @@ def _as_number(value: Any) -> float | None:
             return float(value)
         except ValueError:
             return None
+    if isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_):
+        return float(value)  # numpy scalars
     return None  # bools, lists, objects are not numbers
 
 
@@ -460,11 +464,12 @@ class _Builder:
                 continue
             if column.exact:
                 values, counts = column.number_counts()
-                edges = np.unique(_weighted_quantiles(values, counts, ranks))
+                edges = _with_one_bin(np.unique(_weighted_quantiles(values, counts, ranks)))
                 self.bins[name] = _bin_counts(edges, values, counts)
                 self.extremes[name] = [float(values[0]), float(values[-1])]
             else:
-                edges = np.unique(np.asarray(column.kll.get_quantiles(ranks), dtype=np.float64))
+                edges = _with_one_bin(np.unique(np.asarray(column.kll.get_quantiles(ranks),
+                                                           dtype=np.float64)))
                 self.bins[name] = np.zeros(len(edges) + 1, dtype=np.int64)
                 self.extremes[name] = [math.inf, -math.inf]
             self.edges[name] = edges
@@ -544,6 +549,13 @@ class _Builder:
             tail_complete=complete,
             singletons=sum(1 for c in categories.values() if c == 1),
             distinct=len(categories) + (1 if column.overflow else 0))
+
+
+def _with_one_bin(edges: np.ndarray) -> np.ndarray:
+    """A constant feature still needs one bin [v, next float after v] for its point mass."""
+    if len(edges) == 1:
+        return np.array([edges[0], np.nextafter(edges[0], np.inf)])
+    return edges
 
 
 def _bin_counts(edges: np.ndarray, values: np.ndarray, counts: np.ndarray) -> np.ndarray:

@@ -79,8 +79,8 @@ class Columns:
     numeric: dict[str, np.ndarray] = field(default_factory=dict)
     categorical: dict[str, np.ndarray] = field(default_factory=dict)
     invalid: dict[str, np.ndarray] = field(default_factory=dict)  # bool mask per feature
-    new_features: dict[str, int] = field(default_factory=dict)
-    present_kinds: dict[str, str] = field(default_factory=dict)  # kind seen for new features
+    new_features: dict[str, np.ndarray] = field(default_factory=dict)  # rows carrying a key
+    # that the schema does not know (for the schema check), as a bool mask per key
 
     def take(self, rows: np.ndarray) -> Columns:
         """The subset of rows ``rows`` (e.g. the records of one model or one pane)."""
@@ -92,8 +92,7 @@ class Columns:
             numeric={k: v[rows] for k, v in self.numeric.items()},
             categorical={k: v[rows] for k, v in self.categorical.items()},
             invalid={k: v[rows] for k, v in self.invalid.items()},
-            new_features=self.new_features,
-            present_kinds=self.present_kinds,
+            new_features={k: v[rows] for k, v in self.new_features.items()},
         )
 
 
@@ -282,13 +281,17 @@ class Decoder:
         return column
 
     def _count_new_features(self, feature_maps: list[dict[str, Any]], columns: Columns) -> None:
-        known = self.schema
-        keys: dict[str, int] = {}
-        for features in feature_maps:
-            for key in features:
-                if key not in known:
-                    keys[key] = keys.get(key, 0) + 1
-        columns.new_features = keys
+        known = self.schema.keys()
+        rows: dict[str, list[int]] = {}
+        for row, features in enumerate(feature_maps):
+            if not features.keys() <= known:  # a C-level set comparison: cheap when all known
+                for key in features:
+                    if key not in known:
+                        rows.setdefault(key, []).append(row)
+        for key, where in rows.items():
+            mask = np.zeros(len(feature_maps), dtype=bool)
+            mask[where] = True
+            columns.new_features[key] = mask
 
     def _report_invalid(self, name: str, kind: str, values: list[Any], invalid: np.ndarray,
                         positions: np.ndarray, raws: Sequence[bytes],

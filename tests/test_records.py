@@ -92,7 +92,8 @@ def test_columns_values_missing_and_types():
     assert columns.categorical["country"].tolist() == ["DE", "7", None]
     assert columns.numeric["prediction"].tolist()[:2] == [0.1, 0.2]
     assert columns.models.tolist() == ["a", None, None]
-    assert columns.new_features == {"extra": 1}
+    assert {k: v.tolist() for k, v in columns.new_features.items()} == {
+        "extra": [False, False, True]}
     assert not any(columns.invalid[k].any() for k in SCHEMA)
 
 
@@ -102,7 +103,8 @@ def test_flat_messages_use_top_level_keys_minus_envelope_and_exclude():
     columns, bad = decoder.decode([b'{"request_id": "r", "timestamp": 5, "model": "m",'
                                    b' "amount": 3.5, "new": 1}'])
     assert bad == [] and columns.numeric["amount"].tolist() == [3.5]
-    assert columns.new_features == {"new": 1}  # request_id, timestamp, model are not features
+    # request_id, timestamp and model are not features
+    assert {k: v.tolist() for k, v in columns.new_features.items()} == {"new": [True]}
 
 
 def test_nested_paths():

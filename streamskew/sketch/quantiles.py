@@ -21,6 +21,7 @@ O(slots) per pane.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -50,7 +51,8 @@ class QuantileLayout:
         """A layout whose top bucket sits ``headroom`` times above ``max_abs`` (unit changes)."""
         if not math.isfinite(max_abs) or max_abs <= 0:
             max_abs = 1.0
-        top_key = _key(max_abs * headroom, _multiplier(relative_accuracy))
+        top = min(max_abs * headroom, sys.float_info.max)  # headroom, but stay finite
+        top_key = _key(top, _multiplier(relative_accuracy))
         return cls(relative_accuracy, top_key - buckets + 1, buckets)
 
     @property
@@ -76,7 +78,8 @@ class QuantileLayout:
         bounds = _lower_bounds(np.arange(self.key_min, self.key_min + self.buckets + 1),
                                self.multiplier)
         lower, upper = bounds[:-1], bounds[1:]
-        positive = 2 * lower * upper / (lower + upper)
+        # Harmonic midpoint 2lu/(l+u), written so it neither overflows nor underflows.
+        positive = lower * (2.0 / (1.0 + lower / upper))
         return np.concatenate([-positive[::-1], [0.0], positive])
 
     def quantiles(self, counts: np.ndarray, ranks: np.ndarray | list[float]) -> np.ndarray:
