@@ -167,6 +167,68 @@ def demo(output_dir: str, no_report: bool) -> None:
     run_demo(Path(output_dir), report=not no_report)
 
 
+# -- kafka ---------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
+              help="TOML config with a [kafka] section.")
+@click.option("--baseline", "baseline_path", type=click.Path(dir_okay=False),
+              help="Baseline file (default: `baseline` in the config).")
+@click.option("--bootstrap-servers", help="Overrides [kafka] bootstrap_servers.")
+@click.option("--until-end", is_flag=True,
+              help="Stop once caught up with the end offsets seen at start (batch jobs).")
+@click.option("--metrics-port", type=int, help="Serve Prometheus metrics on this port.")
+@click.option("--checkpoint-interval", default="1s", show_default=True,
+              help="How often offsets, panes, state and alerts are committed together.")
+def run(config_path: str, baseline_path: str | None, bootstrap_servers: str | None,
+        until_end: bool, metrics_port: int | None, checkpoint_interval: str) -> None:
+    """Join the consumer group and publish skew events to the alerts topic."""
+    import signal
+    import threading
+
+    from .config import parse_duration
+    from .kafka.service import DetectorService
+
+    config = _load_config(config_path)
+    baseline = _load_baseline(baseline_path, config)
+    metrics = None
+    if metrics_port is not None:
+        try:
+            from .kafka.metrics import ServiceMetrics
+        except ImportError as exc:
+            raise _Problem(str(exc)) from None
+        metrics = ServiceMetrics(metrics_port)
+        metrics.start()
+        click.echo(f"metrics on :{metrics.port}/metrics", err=True)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+
+    def show(event: SkewEvent) -> None:
+        click.echo(f"{event.type} {event.key} {event.check} {event.metric} "
+                   f"value={event.value:.4g} threshold={event.threshold:.4g}", err=True)
+
+    try:
+        interval = parse_duration(checkpoint_interval) / 1000
+        service = DetectorService(config, baseline, bootstrap_servers=bootstrap_servers,
+                                  until_end=until_end, checkpoint_interval_s=interval,
+                                  on_event=show, metrics=metrics)
+        stats = service.run(stop)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    except RuntimeError as exc:
+        raise _Problem(str(exc)) from None
+    finally:
+        if metrics is not None:
+            metrics.stop()
+    b = stats.builders
+    click.echo(f"records={b.records} accepted={b.accepted} rejected={b.bad_total} "
+               f"field_errors={sum(b.field_errors.values())} late={b.late} "
+               f"dead_letters={stats.dead_letters} windows={stats.windows} "
+               f"events={len(stats.events)}", err=True)
+
+
 def _register_optional_commands() -> None:
     """Kafka commands live in the kafka adapter; the core works without loading it."""
     try:

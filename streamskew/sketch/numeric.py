@@ -61,7 +61,7 @@ def _update(values, bits, edges, first_bin, last_bin, bins, quantiles, moments, 
         exponent = (b >> 52) - 1023
         fraction = (b & 0xFFFFFFFFFFFFF) * 2.0**-52
         key = math.ceil((exponent + fraction) * multiplier) - key_min
-        if key < 0:
+        if key < 0 or exponent == -1023:  # tiny, zero or subnormal: the zero slot
             slot = zero_slot
         else:
             if key >= buckets:

@@ -78,8 +78,10 @@ class QuantileLayout:
         bounds = _lower_bounds(np.arange(self.key_min, self.key_min + self.buckets + 1),
                                self.multiplier)
         lower, upper = bounds[:-1], bounds[1:]
-        # Harmonic midpoint 2lu/(l+u), written so it neither overflows nor underflows.
-        positive = lower * (2.0 / (1.0 + lower / upper))
+        # Harmonic midpoint 2lu/(l+u), written so it neither overflows nor underflows; the
+        # top bucket of a layout near the float limit answers with the largest float.
+        with np.errstate(over="ignore"):
+            positive = np.minimum(lower * (2.0 / (1.0 + lower / upper)), sys.float_info.max)
         return np.concatenate([-positive[::-1], [0.0], positive])
 
     def quantiles(self, counts: np.ndarray, ranks: np.ndarray | list[float]) -> np.ndarray:
@@ -110,7 +112,8 @@ def _lower_bounds(keys: np.ndarray, multiplier: float) -> np.ndarray:
     """Vectorized :func:`_lower_bound`."""
     f = (keys - 1) / multiplier
     exponent = np.floor(f)
-    return np.ldexp(1 + (f - exponent), exponent.astype(np.int64))
+    with np.errstate(over="ignore"):  # bounds past the float limit are inf, and that is right
+        return np.ldexp(1 + (f - exponent), exponent.astype(np.int64))
 
 
 def _lower_bound(key: int, multiplier: float) -> float:

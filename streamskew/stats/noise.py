@@ -17,8 +17,12 @@ How the floor is computed (deterministic, so every process and every replay agre
    floor is its ``1 - alpha`` quantile (Wilson-Hilferty), which reaches far smaller ``alpha``
    than 2,000 draws could resolve directly. Asymptotically the JS divergence *is* a scaled
    chi-square (8 n JS ~ chi2(k - 1) in nats) and n KS^2 has the exponential tail of chi2(2).
-3. Window sizes are rounded down to a grid of ratio 2^(1/4), so the floor is cached and never
-   lower than the exact one (smaller windows have higher floors).
+   Maximum-type distances have lighter-than-chi-square tails that such a fit misjudges, so
+   they use proven bounds instead: KS the Dvoretzky-Kiefer-Wolfowitz inequality, L-infinity a
+   Chernoff bound per bin with a union bound over bins (both at the effective size).
+3. Simulations run at window sizes on a grid of ratio 2^(1/4) and are cached; a size between
+   two grid points interpolates their floors linearly in log-log (floors fall like a power
+   of n), so each feature needs only a handful of simulations over a run.
 
 Rates (missing, out-of-range, unseen, type changes) use a Chernoff bound instead: the floor is
 the smallest rate ``r > p0`` with ``n_eff KL(r || p0) >= ln(1 / alpha)``, which bounds the
@@ -35,7 +39,8 @@ import numpy as np
 
 from .distances import NOISE_SHAPE, distance
 
-__all__ = ["NoiseFloors", "chi2_quantile", "effective_size", "rate_floor", "size_bucket"]
+__all__ = ["NoiseFloors", "chi2_quantile", "dkw_floor", "effective_size", "max_deviation_floor",
+           "next_bucket", "rate_floor", "size_bucket"]
 
 DRAWS = 2000
 
@@ -44,12 +49,18 @@ def size_bucket(n: int) -> int:
     """Largest grid point (ratio 2^(1/4)) not above ``n``."""
     if n < 2:
         return max(n, 1)
-    step = math.floor(4 * math.log2(n) + 1e-9)
-    bucket = int(2 ** (step / 4))
-    while bucket > n:  # guard the float rounding of the power
+    step = math.floor(4 * math.log2(n)) + 1
+    while int(2 ** (step / 4)) > n:  # the grid points are int(2 ** (step / 4))
         step -= 1
-        bucket = int(2 ** (step / 4))
-    return max(bucket, 1)
+    return max(int(2 ** (step / 4)), 1)
+
+
+def next_bucket(bucket: int) -> int:
+    """The grid point after ``bucket``."""
+    step = math.floor(4 * math.log2(bucket)) + 1
+    while int(2 ** (step / 4)) <= bucket:
+        step += 1
+    return int(2 ** (step / 4))
 
 
 def effective_size(n: float, baseline_total: float) -> float:
@@ -86,20 +97,36 @@ class NoiseFloors:
 
     def floor(self, metric: str, n: int) -> float:
         """The ``1 - alpha`` null quantile of ``metric`` for a window of ``n`` values."""
-        bucket = size_bucket(n)
+        if self.total == 0 or np.count_nonzero(self.baseline_counts) < 2:
+            return 0.0  # a single occupied bin: no sampling noise in its distribution
+        size = effective_size(n, self.total)
+        if metric == "ks":
+            return dkw_floor(size, self.alpha)
+        if metric == "linf":
+            return max_deviation_floor(self.probabilities, size, self.alpha)
+        low = size_bucket(n)
+        if low >= n:
+            return self._at(metric, low)
+        high = next_bucket(low)
+        # Floors fall like a power of n (1/sqrt(n) for distances, 1/n for PSI and phi^2),
+        # a straight line in log-log: interpolate between the two cached grid points.
+        f_low, f_high = self._at(metric, low), self._at(metric, high)
+        if f_low <= 0 or f_high <= 0:
+            return f_low
+        t = (math.log(n) - math.log(low)) / (math.log(high) - math.log(low))
+        return math.exp(math.log(f_low) + t * (math.log(f_high) - math.log(f_low)))
+
+    def _at(self, metric: str, bucket: int) -> float:
         cached = self._cache.get((metric, bucket))
         if cached is None:
-            cached = self._simulate(metric, bucket)
-            self._cache[(metric, bucket)] = cached
+            cached = self._cache[(metric, bucket)] = self._simulate(metric, bucket)
         return cached
 
     def _simulate(self, metric: str, n: int) -> float:
-        if self.total == 0 or np.count_nonzero(self.baseline_counts) < 2:
-            return 0.0  # a single occupied bin: no sampling noise in its distribution
+        size = effective_size(n, self.total)
         seed = hashlib.sha256(f"{self.key}|{metric}|{n}".encode()).digest()
         rng = np.random.default_rng(int.from_bytes(seed[:8], "little"))
-        size = max(round(effective_size(n, self.total)), 1)
-        draws = rng.multinomial(size, self.probabilities, size=DRAWS)
+        draws = rng.multinomial(max(round(size), 1), self.probabilities, size=DRAWS)
         values = distance(metric, draws, self.baseline_counts, **self.options)
         square = NOISE_SHAPE[metric] == "square"
         statistic = values**2 if square else values
@@ -108,8 +135,47 @@ class NoiseFloors:
             quantile = float(statistic.max())
         else:
             scale, nu = variance / (2 * mean), 2 * mean * mean / variance
-            quantile = max(scale * chi2_quantile(nu, self.alpha), float(statistic.max()))
+            quantile = scale * chi2_quantile(nu, self.alpha)
         return math.sqrt(quantile) if square else quantile
+
+
+def dkw_floor(size: float, alpha: float) -> float:
+    """KS floor from the Dvoretzky-Kiefer-Wolfowitz inequality (Massart's constant):
+    P(sup |F_n - F| > e) <= 2 exp(-2 n e^2). A proven bound, so never anti-conservative;
+    on bins (a coarser CDF) it is conservative."""
+    return math.sqrt(math.log(2 / alpha) / (2 * size))
+
+
+def max_deviation_floor(probabilities: np.ndarray, size: float, alpha: float) -> float:
+    """L-infinity floor: the smallest e with sum_i P(|p^_i - p_i| >= e) <= alpha, each
+    bin's two tails bounded by Chernoff (binomial KL). A union bound, so conservative; the
+    largest deviation is a maximum over bins, whose tail a chi-square fit underestimates."""
+    p = probabilities[probabilities > 0]
+    target = math.log(1 / alpha)
+
+    def tail(e: float) -> float:
+        upper = np.minimum(p + e, 1.0)
+        lower = np.maximum(p - e, 0.0)
+        total = np.exp(-size * _kl_vec(upper, p)).sum()
+        total += np.exp(-size * _kl_vec(lower, p))[p - e > 0].sum()
+        return float(total) * math.exp(target)  # <= 1 means the tails sum to <= alpha
+
+    low, high = 0.0, 1.0
+    for _ in range(50):
+        middle = 0.5 * (low + high)
+        if tail(middle) <= 1.0:
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+def _kl_vec(r: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Bernoulli KL(r || p), elementwise, in nats (0 log 0 = 0)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        first = np.where(r > 0, r * np.log(r / p), 0.0)
+        second = np.where(r < 1, (1 - r) * np.log((1 - r) / (1 - p)), 0.0)
+    return first + second
 
 
 def rate_floor(p0: float, n: int, alpha: float, baseline_total: float) -> float:
