@@ -1,0 +1,108 @@
+"""Shared pieces of the Kafka integration tests: topics, a skewed stream, reading topics."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable
+
+import numpy as np
+import orjson
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+
+from streamskew import Baseline, Config
+
+START = 1_764_324_000_000
+PARTITIONS = 6
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def training_baseline(seed: int = 1) -> Baseline:
+    rng = np.random.default_rng(seed)
+    return Baseline.from_columns({
+        "amount": rng.lognormal(3, 0.5, 20_000).round(3).tolist(),
+        "country": rng.choice(["DE", "FR", "US", "NL"], 20_000).tolist(),
+    })
+
+
+def skewed_stream(minutes: int = 16, per_second: int = 8, shift_from: int = 8,
+                  seed: int = 2, bad_every: int = 0) -> list[bytes]:
+    """Requests in event-time order; amounts triple from minute ``shift_from`` on."""
+    rng = np.random.default_rng(seed)
+    messages = []
+    step = 1000 // per_second
+    for i in range(minutes * 60 * per_second):
+        t = START + i * step
+        scale = 3.0 if t >= START + shift_from * 60_000 else 1.0
+        messages.append(orjson.dumps({
+            "request_id": f"r-{i}", "timestamp": t, "model": "fraud",
+            "features": {"amount": round(float(rng.lognormal(3, 0.5)) * scale, 3),
+                         "country": str(rng.choice(["DE", "FR", "US", "NL"]))}}))
+        if bad_every and i % bad_every == bad_every - 1:
+            messages.append(b'{"request_id": "broken", "timestamp": ' + str(t).encode())
+    return messages
+
+
+def event_time(message: bytes) -> int | None:
+    try:
+        return orjson.loads(message).get("timestamp")
+    except orjson.JSONDecodeError:
+        return None
+
+
+def create_topic(bootstrap: str, name: str, partitions: int = PARTITIONS) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics({name: {"num_partitions": partitions}}, wait_for_metadata=True)
+    finally:
+        admin.close()
+
+
+def produce(bootstrap: str, topic: str, messages: Iterable[bytes],
+            partitions: int = PARTITIONS) -> None:
+    """Round-robin over partitions, record timestamp = event time (previous one if none)."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20)
+    last = START
+    for i, message in enumerate(messages):
+        last = event_time(message) or last
+        producer.send(topic, value=message, partition=i % partitions, timestamp_ms=last)
+    producer.flush()
+    producer.close()
+
+
+def read_all(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list:
+    """Every committed record of a topic, up to its end offsets now."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed",
+                             enable_auto_commit=False, group_id=None)
+    try:
+        partitions = [TopicPartition(topic, p)
+                      for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        end = consumer.end_offsets(partitions)
+        records = []
+        deadline = time.monotonic() + timeout_s
+        while any(consumer.position(tp) < end[tp] for tp in partitions):
+            assert time.monotonic() < deadline, f"reading {topic} timed out"
+            for batch in consumer.poll(timeout_ms=200).values():
+                records.extend(batch)
+        return records
+    finally:
+        consumer.close()
+
+
+def service_config(bootstrap: str, topic: str, group: str, **window: str) -> Config:
+    return Config.from_dict({
+        "window": {"size": "4m", "pane": "1m", "allowed_lateness": "2s", **window},
+        "detect": {"min_count": 300},
+        "kafka": {"bootstrap_servers": bootstrap, "topics": [topic], "group_id": group,
+                  "alerts_topic": f"{group}.alerts", "dlq_topic": f"{group}.dlq",
+                  "panes_topic": f"{group}.panes", "state_topic": f"{group}.state"},
+    })
+
+
+def event_ids(events: Iterable) -> list[str]:
+    return sorted(e.event_id if hasattr(e, "event_id") else e["event_id"] for e in events)
