@@ -116,15 +116,9 @@ def detect(config_path: str | None, baseline_path: str | None, input_path: str,
         raise _Problem(f"{input_path}: no such file")
     collector = ReportCollector(baseline) if report else None
     with ExitStack() as stack:
-        events_out: IO[bytes] = stack.enter_context(open(output, "wb")) if output \
-            else sys.stdout.buffer
+        write_event = _event_sink(stack, config, None, output, publish=False)
         dead: IO[bytes] | None = stack.enter_context(open(dead_letter, "wb")) \
             if dead_letter else None
-
-        def write_event(event: SkewEvent) -> None:
-            events_out.write(event.to_json() + b"\n")
-            events_out.flush()
-
         try:
             run = detect_file(config, baseline, input_path, on_event=write_event,
                               dead_letters=dead,
@@ -229,13 +223,102 @@ def run(config_path: str, baseline_path: str | None, bootstrap_servers: str | No
                f"events={len(stats.events)}", err=True)
 
 
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
+              help="TOML config with a [kafka] section.")
+@click.option("--baseline", "baseline_path", type=click.Path(dir_okay=False),
+              help="Baseline file (default: `baseline` in the config).")
+@click.option("--bootstrap-servers", help="Overrides [kafka] bootstrap_servers.")
+@click.option("--from", "start", required=True,
+              help="Start of the event-time range: ISO-8601, epoch ms, or relative (-2h).")
+@click.option("--to", "end", help="End of the range (exclusive); default: the end of the topic.")
+@click.option("--output", type=click.Path(dir_okay=False),
+              help="Write events as JSON lines here (default: stdout).")
+@click.option("--report", type=click.Path(dir_okay=False), help="Write an HTML report here.")
+@click.option("--publish", is_flag=True, help="Send the events to the alerts topic instead.")
+def replay(config_path: str, baseline_path: str | None, bootstrap_servers: str | None,
+           start: str, end: str | None, output: str | None, report: str | None,
+           publish: bool) -> None:
+    """Re-run detection over a time range of the topics; commits nothing to the live group."""
+    from .kafka.replay import replay as run_replay
+    from .report.collect import ReportCollector
+    from .timeparse import parse_time
+
+    config = _load_config(config_path)
+    baseline = _load_baseline(baseline_path, config)
+    try:
+        start_ms = parse_time(start)
+        end_ms = parse_time(end) if end else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if end_ms is not None and end_ms <= start_ms:
+        raise click.BadParameter("--to must be after --from")
+    if publish and output:
+        raise click.UsageError("--publish and --output are exclusive")
+    collector = ReportCollector(baseline) if report else None
+    with ExitStack() as stack:
+        sink = _event_sink(stack, config, bootstrap_servers, output, publish)
+        try:
+            result = run_replay(config, baseline, start_ms, end_ms, bootstrap_servers,
+                                on_event=sink,
+                                on_window=collector.on_window if collector else None)
+        except (RuntimeError, TimeoutError) as exc:
+            raise _Problem(str(exc)) from None
+    stats = result.stats
+    click.echo(f"records={result.records} accepted={stats.accepted} rejected={stats.bad_total} "
+               f"outside_range={stats.outside_range} late={stats.late} "
+               f"windows={result.windows} events={len(result.events)}", err=True)
+    if collector is not None:
+        summary = DetectorStats(records=stats.records, accepted=stats.accepted, bad=stats.bad,
+                                field_errors=stats.field_errors, late=stats.late,
+                                windows=result.windows, events=len(result.events))
+        _write_report(collector, report, summary, result.events,
+                      f"replay {start} .. {end or 'end'}", baseline_path or config.baseline)
+
+
+def _event_sink(stack: ExitStack, config: Config, bootstrap_servers: str | None,
+                output: str | None, publish: bool) -> Any:
+    """Where events go: the alerts topic, a file, or stdout."""
+    if publish:
+        from kafka import KafkaAdminClient, KafkaProducer
+
+        from .kafka.clients import admin_settings, producer_settings
+        from .kafka.topics import ensure_topics, internal_topics
+
+        admin = KafkaAdminClient(**admin_settings(config.kafka, bootstrap_servers))
+        try:
+            ensure_topics(admin, [t for t in internal_topics(config.kafka)
+                                  if t.name == config.kafka.alerts_topic])
+        finally:
+            admin.close()
+        producer = KafkaProducer(**producer_settings(config.kafka, bootstrap_servers,
+                                                     enable_idempotence=True))
+        stack.callback(producer.close)
+        stack.callback(producer.flush)
+
+        def send(event: SkewEvent) -> None:
+            producer.send(config.kafka.alerts_topic, key=event.key.encode(),
+                          value=event.to_json(), timestamp_ms=event.window_end)
+        return send
+    out: IO[bytes] = (stack.enter_context(open(output, "wb"))  # noqa: SIM115 - stack closes
+                      if output else sys.stdout.buffer)
+
+    def write(event: SkewEvent) -> None:
+        out.write(event.to_json() + b"\n")
+        out.flush()
+    return write
+
+
 def _register_optional_commands() -> None:
     """Kafka commands live in the kafka adapter; the core works without loading it."""
     try:
         from .kafka.local import local_kafka
     except ImportError:  # pragma: no cover - kafka-python is a core dependency
         return
+    from .kafka.alerts import alerts
+
     main.add_command(local_kafka)
+    main.add_command(alerts)
 
 
 _register_optional_commands()

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
+import time
 
 import orjson
 import pytest
+from click.testing import CliRunner
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
 
 from streamskew import Detector
+from streamskew.cli import main
+from streamskew.kafka.replay import replay
 from streamskew.kafka.service import DetectorService
 
 from .kafka_helpers import (
+    START,
     create_topic,
     event_ids,
+    event_time,
     produce,
     read_all,
     service_config,
@@ -112,3 +123,114 @@ def test_three_consumers_give_the_same_events_as_one(kafka_bootstrap, topic, str
         event_ids(orjson.loads(r.value) for r in one)
     owned = sum(s.stats.builders.records for s in services)
     assert owned >= len(stream)  # every record was read (a rebalance may re-read some)
+
+
+def test_replay_of_the_whole_range_equals_the_live_run(kafka_bootstrap, topic, stream,
+                                                       baseline):
+    config = service_config(kafka_bootstrap, topic, unique("replay"))
+    groups_before = _groups(kafka_bootstrap)
+    result = replay(config, baseline, START)
+    assert event_ids(result.events) == event_ids(offline_events(config, baseline, stream))
+    assert result.records == len(stream)
+    assert _groups(kafka_bootstrap) == groups_before  # replay commits to no group
+
+
+def test_replay_of_a_sub_range_equals_detect_over_those_records(kafka_bootstrap, topic, stream,
+                                                                baseline):
+    config = service_config(kafka_bootstrap, topic, unique("replay"))
+    start, end = START + 5 * 60_000, START + 13 * 60_000
+    inside = [m for m in stream if (t := event_time(m)) is not None and start <= t < end]
+    expected = offline_events(config, baseline, inside)
+    assert expected
+    result = replay(config, baseline, start, end)
+    assert event_ids(result.events) == event_ids(expected)
+    assert all(start < e.window_end <= end for e in result.events)
+
+
+def test_replay_cli_writes_events_and_can_publish_them(kafka_bootstrap, topic, stream, baseline,
+                                                       tmp_path):
+    config = service_config(kafka_bootstrap, topic, unique("cli"))
+    toml = _write_config(tmp_path, kafka_bootstrap, topic, config, baseline)
+    runner = CliRunner()
+    result = runner.invoke(main, ["replay", "--config", str(toml), "--from",
+                                  "2025-11-28T10:00:00Z", "--output", str(tmp_path / "e.jsonl")])
+    assert result.exit_code == 0, result.output
+    written = [orjson.loads(line) for line in (tmp_path / "e.jsonl").read_bytes().splitlines()]
+    expected = event_ids(offline_events(config, baseline, stream))
+    assert event_ids(written) == expected
+    published = runner.invoke(main, ["replay", "--config", str(toml), "--from",
+                                     str(START), "--publish"])
+    assert published.exit_code == 0, published.output
+    alerts = read_all(kafka_bootstrap, config.kafka.alerts_topic)
+    assert event_ids(orjson.loads(r.value) for r in alerts) == expected
+
+
+def test_sigterm_leaves_committed_offsets_at_the_last_processed_record(kafka_bootstrap,
+                                                                      baseline, tmp_path):
+    name = unique("requests")
+    create_topic(kafka_bootstrap, name)
+    messages = skewed_stream(minutes=4)
+    produce(kafka_bootstrap, name, messages)
+    config = service_config(kafka_bootstrap, name, unique("term"))
+    toml = _write_config(tmp_path, kafka_bootstrap, name, config, baseline)
+    process = subprocess.Popen([sys.executable, "-m", "streamskew.cli", "run", "--config",
+                                str(toml)], stderr=subprocess.PIPE, text=True)
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap)
+        partitions = [TopicPartition(name, p) for p in range(6)]
+        end = consumer.end_offsets(partitions)
+        consumer.close()
+
+        def committed() -> dict:
+            group = config.kafka.group_id
+            try:
+                offsets = admin.list_group_offsets({group: None}).get(group, {})
+            except KafkaError:  # the group does not exist until the service has joined
+                return {}
+            return {tp: meta.offset for tp, meta in offsets.items() if tp.topic == name}
+
+        deadline = time.monotonic() + 120
+        while committed() != end:
+            assert process.poll() is None, process.stderr.read()
+            assert time.monotonic() < deadline, f"offsets never reached the end: {committed()}"
+            time.sleep(0.2)  # polling an external process's progress, with a deadline
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+        assert committed() == end
+        assert f"records={len(messages)}" in process.stderr.read()
+        admin.close()
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def _groups(bootstrap: str) -> set[str]:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        return {group["group_id"] for group in admin.list_groups()}
+    finally:
+        admin.close()
+
+
+def _write_config(tmp_path, bootstrap, topic, config, baseline):
+    baseline.save(tmp_path / "baseline.json")
+    k = config.kafka
+    toml = tmp_path / "streamskew.toml"
+    toml.write_text(f'''baseline = "baseline.json"
+[window]
+size = "4m"
+pane = "1m"
+allowed_lateness = "2s"
+[detect]
+min_count = 300
+[kafka]
+bootstrap_servers = "{bootstrap}"
+topics = ["{topic}"]
+group_id = "{k.group_id}"
+alerts_topic = "{k.alerts_topic}"
+dlq_topic = "{k.dlq_topic}"
+panes_topic = "{k.panes_topic}"
+state_topic = "{k.state_topic}"
+''')
+    return toml

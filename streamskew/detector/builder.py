@@ -51,6 +51,7 @@ class BuilderStats:
     bad: dict[str, int] = field(default_factory=dict)  # rejected records, by reason
     field_errors: dict[str, int] = field(default_factory=dict)  # records used in part
     late: int = 0
+    outside_range: int = 0  # replay: event time outside the requested range
 
     @property
     def bad_total(self) -> int:
@@ -60,6 +61,7 @@ class BuilderStats:
         self.records += other.records
         self.accepted += other.accepted
         self.late += other.late
+        self.outside_range += other.outside_range
         for mine, theirs in ((self.bad, other.bad), (self.field_errors, other.field_errors)):
             for reason, count in theirs.items():
                 mine[reason] = mine.get(reason, 0) + count
@@ -83,8 +85,10 @@ class PaneBuilder:
 
     def __init__(self, config: Config, baselines: Mapping[str, Baseline],
                  on_bad_record: Callable[[BadRecord], None] | None = None,
-                 decoder: Decoder | None = None) -> None:
+                 decoder: Decoder | None = None,
+                 time_range: tuple[int, int | None] | None = None) -> None:
         self.config = config
+        self.time_range = time_range  # replay: only event times in [start, end) count
         self.baselines = baselines
         self.decoder = decoder or Decoder(config.message, union_schema(baselines))
         self.on_bad_record = on_bad_record
@@ -124,6 +128,8 @@ class PaneBuilder:
             columns.timestamps = np.where(columns.timestamps == NO_TIME, fallback,
                                           columns.timestamps)
         columns, bad = self._check_times(columns, bad, messages)
+        if self.time_range is not None and self.event_time:
+            columns = self._in_range(columns)
         for record in bad:
             counts = self.stats.field_errors if record.used else self.stats.bad
             counts[record.reason] = counts.get(record.reason, 0) + 1
@@ -172,6 +178,16 @@ class PaneBuilder:
         # A rejected record is reported once, for its rejection, not for its fields too.
         bad = [b for b in bad if not (b.used and b.position in rejected)]
         return columns.take(np.flatnonzero(~reject)), bad
+
+    def _in_range(self, columns: Columns) -> Columns:
+        start, end = self.time_range  # type: ignore[misc]
+        inside = columns.timestamps >= start
+        if end is not None:
+            inside &= columns.timestamps < end
+        if inside.all():
+            return columns
+        self.stats.outside_range += int((~inside).sum())
+        return columns.take(np.flatnonzero(inside))
 
     def _fold_all(self, columns: Columns, panes: np.ndarray) -> None:
         for model, rows in _by_model(columns):
