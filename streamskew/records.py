@@ -30,6 +30,7 @@ import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -66,6 +67,7 @@ class BadRecord:
 
 
 NO_TIME = np.iinfo(np.int64).min  # marks "no event time in the message"
+PARSE_CHUNK = 512  # messages per orjson call
 
 
 @dataclass
@@ -108,6 +110,13 @@ def _get(obj: Any, path: tuple[str, ...]) -> Any:
     return obj
 
 
+def _column(objects: list[dict[str, Any]], path: tuple[str, ...]) -> list[Any]:
+    """The value at ``path`` of every object (dicts); ``map`` keeps the common case in C."""
+    if len(path) == 1:
+        return list(map(dict.get, objects, repeat(path[0])))
+    return [_get(o, path) for o in objects]
+
+
 _ABSENT = object()
 
 
@@ -121,6 +130,7 @@ class Decoder:
 
     def __init__(self, message: MessageConfig, schema: Mapping[str, str]) -> None:
         self.message = message
+        self._lenient = False
         self.schema = dict(schema)
         self.features_path = _path(message.features)
         self.timestamp_path = _path(message.timestamp)
@@ -138,6 +148,7 @@ class Decoder:
     def decode(self, raws: Sequence[bytes]) -> tuple[Columns, list[BadRecord]]:
         """Decode a batch of raw messages."""
         bad: list[BadRecord] = []
+        self._lenient = False  # set when a message needed the NaN-tolerant parse
         objects = self._parse(raws, bad)
         return self._columns(objects, raws, bad)
 
@@ -152,20 +163,27 @@ class Decoder:
             else:
                 parsed.append(obj)
         raws = [b"" if not isinstance(o, bytes) else o for o in objects]
+        self._lenient = True  # Python objects may hold float("nan")
         return self._columns(parsed, raws, bad)
 
     def _parse(self, raws: Sequence[bytes], bad: list[BadRecord]) -> list[Any]:
+        # One orjson call per chunk of messages joined into a JSON array costs less than one
+        # call per message (and chunks stay cache-sized); a chunk with any problem, or with
+        # a message that is not exactly one JSON value, falls back to one call per message.
         limit = self.message.max_bytes
-        if all(len(raw) <= limit for raw in raws) and raws:
-            # One orjson call for the whole batch is much faster than one per message; any
-            # problem (or a message that is not exactly one JSON value) falls back below.
-            try:
-                objects = orjson.loads(b"[" + b",".join(raws) + b"]")
-            except orjson.JSONDecodeError:
-                objects = None
-            if objects is not None and len(objects) == len(raws):
-                return objects
-        return [self._parse_one(position, raw, bad) for position, raw in enumerate(raws)]
+        objects: list[Any] = []
+        for start in range(0, len(raws), PARSE_CHUNK):
+            chunk = raws[start:start + PARSE_CHUNK]
+            parsed = None
+            if max(map(len, chunk)) <= limit:
+                try:
+                    parsed = orjson.loads(b"[" + b",".join(chunk) + b"]")
+                except orjson.JSONDecodeError:
+                    parsed = None
+            if parsed is None or len(parsed) != len(chunk):
+                parsed = [self._parse_one(start + i, raw, bad) for i, raw in enumerate(chunk)]
+            objects.extend(parsed)
+        return objects
 
     def _parse_one(self, position: int, raw: bytes, bad: list[BadRecord]) -> Any:
         if len(raw) > self.message.max_bytes:
@@ -184,6 +202,7 @@ class Decoder:
         # NaN, Infinity and overflowing numbers are not JSON, but they carry usable fields:
         # parse them as non-finite floats so only the affected features count as invalid.
         try:
+            self._lenient = True
             return json.loads(text, parse_constant=float)
         except (ValueError, RecursionError):
             bad.append(BadRecord(position, Reason.INVALID_JSON, error, raw))
@@ -191,11 +210,16 @@ class Decoder:
 
     # -- columns ---------------------------------------------------------------------------
 
-    def _columns(self, objects: list[Any], raws: Sequence[bytes],
-                 bad: list[BadRecord]) -> tuple[Columns, list[BadRecord]]:
+    def _records(self, objects: list[Any], raws: Sequence[bytes],
+                 bad: list[BadRecord]) -> tuple[list[int], list[dict[str, Any]]]:
+        """Positions and feature maps of the usable records; the others are reported."""
+        path = self.features_path
+        if len(path) == 1 and set(map(type, objects)) == {dict}:
+            maps = list(map(dict.get, objects, repeat(path[0])))
+            if set(map(type, maps)) == {dict}:  # the common case, checked at C speed
+                return list(range(len(objects))), maps
         keep: list[int] = []
         feature_maps: list[dict[str, Any]] = []
-        features_path = self.features_path
         for position, obj in enumerate(objects):
             if obj is _ABSENT:
                 continue
@@ -203,19 +227,22 @@ class Decoder:
                 bad.append(BadRecord(position, Reason.NOT_AN_OBJECT,
                                      f"top-level JSON is {type(obj).__name__}", raws[position]))
                 continue
-            if features_path:
-                features = _get(obj, features_path)
+            if path:
+                features = _get(obj, path)
                 if not isinstance(features, dict):
                     what = "missing" if features is None else type(features).__name__
                     bad.append(BadRecord(position, Reason.FEATURES_NOT_AN_OBJECT,
-                                         f"{'.'.join(features_path)} is {what}",
-                                         raws[position]))
+                                         f"{'.'.join(path)} is {what}", raws[position]))
                     continue
             else:
                 features = {k: v for k, v in obj.items() if k not in self.flat_skip}
             keep.append(position)
             feature_maps.append(features)
+        return keep, feature_maps
 
+    def _columns(self, objects: list[Any], raws: Sequence[bytes],
+                 bad: list[BadRecord]) -> tuple[Columns, list[BadRecord]]:
+        keep, feature_maps = self._records(objects, raws, bad)
         kept_objects = [objects[i] for i in keep]
         timestamps, time_ok = self._timestamps(kept_objects, keep, raws, bad)
         if not time_ok.all():
@@ -229,14 +256,14 @@ class Decoder:
                           timestamps=timestamps, models=self._models(kept_objects))
         predictions = None
         if self.prediction_name is not None:
-            predictions = [_get(o, self.prediction_path) for o in kept_objects]
+            predictions = _column(kept_objects, self.prediction_path)
         for name, kind in self.schema.items():
             if predictions is not None and name == self.prediction_name:
                 values = predictions
             else:
-                values = [f.get(name) for f in feature_maps]
+                values = list(map(dict.get, feature_maps, repeat(name)))
             if kind == "numeric":
-                column, invalid = _numeric_column(values)
+                column, invalid = _numeric_column(values, self._lenient)
                 columns.numeric[name] = column
             else:
                 column, invalid = _categorical_column(values)
@@ -254,7 +281,7 @@ class Decoder:
         ok = np.ones(n, dtype=bool)
         if not self.timestamp_path:
             return np.full(n, NO_TIME, dtype=np.int64), ok
-        values = [_get(o, self.timestamp_path) for o in objects]
+        values = _column(objects, self.timestamp_path)
         types = set(map(type, values))
         if types <= {int}:
             array = np.fromiter(values, dtype=np.float64, count=n)
@@ -275,23 +302,16 @@ class Decoder:
     def _models(self, objects: list[Any]) -> np.ndarray | None:
         if not self.model_path:
             return None
-        values = [_get(o, self.model_path) for o in objects]
+        values = _column(objects, self.model_path)
         column = np.empty(len(values), dtype=object)
         column[:] = [v if isinstance(v, str) else (None if v is None else str(v)) for v in values]
         return column
 
     def _count_new_features(self, feature_maps: list[dict[str, Any]], columns: Columns) -> None:
-        known = self.schema.keys()
-        rows: dict[str, list[int]] = {}
-        for row, features in enumerate(feature_maps):
-            if not features.keys() <= known:  # a C-level set comparison: cheap when all known
-                for key in features:
-                    if key not in known:
-                        rows.setdefault(key, []).append(row)
-        for key, where in rows.items():
-            mask = np.zeros(len(feature_maps), dtype=bool)
-            mask[where] = True
-            columns.new_features[key] = mask
+        unknown = set().union(*feature_maps) - self.schema.keys()  # one C-level pass
+        for key in sorted(unknown):
+            columns.new_features[key] = np.fromiter((key in f for f in feature_maps),
+                                                    dtype=bool, count=len(feature_maps))
 
     def _report_invalid(self, name: str, kind: str, values: list[Any], invalid: np.ndarray,
                         positions: np.ndarray, raws: Sequence[bytes],
@@ -308,8 +328,13 @@ class Decoder:
                                      raws[position], used=True))
 
 
-def _numeric_column(values: list[Any]) -> tuple[np.ndarray, np.ndarray]:
-    """float64 values, NaN where missing or invalid; plus the invalid mask."""
+def _numeric_column(values: list[Any], may_hold_nan: bool = True
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """float64 values, NaN where missing or invalid; plus the invalid mask.
+
+    orjson rejects NaN, so a NaN in the column is a null unless ``may_hold_nan`` (lenient
+    parse or Python objects): only then are NaN values told apart from nulls.
+    """
     n = len(values)
     types = set(map(type, values))
     if types <= {float, int, type(None)}:
@@ -317,10 +342,13 @@ def _numeric_column(values: list[Any]) -> tuple[np.ndarray, np.ndarray]:
         # NaN/Infinity literals, which the careful parse turned into non-finite floats.
         column = np.array(values, dtype=np.float64) if n else np.empty(0)
         invalid = np.isinf(column)
-        if float in types:
+        if may_hold_nan and float in types \
+                and np.count_nonzero(np.isnan(column)) > values.count(None):
+            # NaN literals (parsed leniently) besides the nulls: mark them invalid.
             invalid |= np.isnan(column) & np.fromiter((v is not None for v in values),
                                                       dtype=bool, count=n)
-        column[invalid] = np.nan
+        if invalid.any():
+            column[invalid] = np.nan
         return column, invalid
     column = np.full(n, np.nan)
     invalid = np.zeros(n, dtype=bool)
