@@ -234,3 +234,27 @@ panes_topic = "{k.panes_topic}"
 state_topic = "{k.state_topic}"
 ''')
     return toml
+
+
+def test_metrics_endpoint_reports_records_scores_and_events(kafka_bootstrap, topic, stream,
+                                                            baseline):
+    from urllib.request import urlopen
+
+    from streamskew.kafka.metrics import ServiceMetrics
+
+    config = service_config(kafka_bootstrap, topic, unique("metrics"))
+    metrics = ServiceMetrics(port=0, host="127.0.0.1")
+    port = metrics.start()
+    try:
+        stats = DetectorService(config, baseline, until_end=True, metrics=metrics).run()
+        page = urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    finally:
+        metrics.stop()
+    assert f'streamskew_records_total{{topic="{topic}"}} {float(len(stream))}' in page
+    assert f'streamskew_bad_records_total{{reason="invalid_json",topic="{topic}"}}' in page
+    detected = sum(1 for e in stats.events if e.type == "skew_detected")
+    assert detected > 0
+    assert 'streamskew_score{check="distribution",feature="amount"' in page
+    assert 'streamskew_events_total{check="distribution",feature="amount"' in page
+    lags = [line for line in page.splitlines() if line.startswith("streamskew_consumer_lag{")]
+    assert lags and all(line.endswith(" 0.0") for line in lags)

@@ -101,6 +101,7 @@ class _Source:
         self.last_record = time.monotonic()
         self.sent_watermark = NO_TIME
         self.sent_idle = False
+        self.reported_late = 0
 
 
 class DetectorService:
@@ -286,6 +287,22 @@ class DetectorService:
         (alerts, evaluator state, panes offsets), each in its own transaction."""
         self._commit_builders()
         self._commit_evaluator()
+        if self.metrics is not None:
+            self._report_partitions()
+
+    def _report_partitions(self) -> None:
+        """Lag, watermark and late records per owned partition, for the metrics endpoint."""
+        for source in self.sources.values():
+            tp = source.tp
+            late = source.builder.stats.late
+            if late > source.reported_late:
+                self.metrics.late(tp.topic, late - source.reported_late)
+                source.reported_late = late
+            if source.builder.watermark != NO_TIME:
+                self.metrics.watermark(tp.topic, tp.partition, source.builder.watermark)
+            highwater = self.source_consumer.highwater(tp)
+            if highwater is not None and source.position is not None:
+                self.metrics.lag(tp.topic, tp.partition, max(highwater - source.position, 0))
 
     def _commit_builders(self, only: set[TP] | None = None) -> None:
         sources = [s for tp, s in self.sources.items() if only is None or tp in only]
@@ -419,6 +436,8 @@ class DetectorService:
                         exc_info=True)
         for tp in revoked:
             self.stats.builders.merge(self.sources.pop(tp).builder.stats)
+            if self.metrics is not None:
+                self.metrics.forget_partition(tp.topic, tp.partition)
         # Panes of revoked partitions that were not committed will be rebuilt by the next owner.
         names = {source_name(tp) for tp in revoked}
         self.pending_panes = [(n, s) for n, s in self.pending_panes if n not in names]
