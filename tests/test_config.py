@@ -91,3 +91,12 @@ def test_config_is_frozen():
     config = Config()
     with pytest.raises(AttributeError):
         config.window = None  # type: ignore[misc]
+
+
+def test_docker_config_matches_the_demo_and_points_at_the_compose_broker():
+    config = Config.from_toml(ROOT / "configs" / "docker.toml")
+    demo = Config.from_dict(DEMO_CONFIG)
+    assert config.window == demo.window and config.detect == demo.detect
+    assert config.kafka.bootstrap_servers == "kafka:9092"
+    assert config.kafka.topics == ("prediction-requests",)
+    assert config.baseline == "/data/baseline.json"
