@@ -258,3 +258,44 @@ def test_metrics_endpoint_reports_records_scores_and_events(kafka_bootstrap, top
     assert 'streamskew_events_total{check="distribution",feature="amount"' in page
     lags = [line for line in page.splitlines() if line.startswith("streamskew_consumer_lag{")]
     assert lags and all(line.endswith(" 0.0") for line in lags)
+
+
+def test_a_crash_and_restart_neither_loses_nor_repeats_an_event(kafka_bootstrap, baseline,
+                                                                tmp_path):
+    """SIGKILL mid-stream (no clean shutdown), then a fresh process finishes the job: the
+    committed alerts are exactly those of an uninterrupted run, each once."""
+    name = unique("requests")
+    create_topic(kafka_bootstrap, name)
+    messages = skewed_stream(minutes=40, per_second=25, shift_from=20)
+    produce(kafka_bootstrap, name, messages)
+    config = service_config(kafka_bootstrap, name, unique("crash"))
+    toml = _write_config(tmp_path, kafka_bootstrap, name, config, baseline)
+    process = subprocess.Popen([sys.executable, "-m", "streamskew.cli", "run", "--config",
+                                str(toml), "--checkpoint-interval", "200ms"],
+                               stderr=subprocess.DEVNULL)
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        group = config.kafka.group_id
+        deadline = time.monotonic() + 120
+        while True:  # wait for some, not all, offsets to be committed
+            try:
+                offsets = admin.list_group_offsets({group: None}).get(group, {})
+            except KafkaError:
+                offsets = {}
+            done = sum(m.offset for tp, m in offsets.items() if tp.topic == name)
+            if done > 0:
+                break
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)  # polling an external process's progress, with a deadline
+        process.kill()
+        process.wait(timeout=30)
+    finally:
+        admin.close()
+        if process.poll() is None:
+            process.kill()
+    assert done < len(messages), "the first run finished before it could be killed"
+    DetectorService(config, baseline, until_end=True).run()
+    alerts = [orjson.loads(r.value) for r in read_all(kafka_bootstrap, config.kafka.alerts_topic)]
+    ids = [e["event_id"] for e in alerts]
+    assert len(ids) == len(set(ids)), "an event was published twice"
+    assert sorted(ids) == event_ids(offline_events(config, baseline, messages))

@@ -23,9 +23,10 @@ process exits. SIGTERM/SIGINT finish the current batch, commit, and leave the gr
 
 from __future__ import annotations
 
+import itertools
 import logging
+import socket
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -165,9 +166,12 @@ class DetectorService:
         self.expected_sources = {source_name(tp) for tp in partitions}
         if self.until_end:
             self.targets = self.source_consumer.end_offsets(partitions)
+        # A transactional id that a restarted process reuses: init_transactions then fences
+        # the dead one and aborts its open transaction at once, instead of leaving its
+        # uncommitted offsets to block the partitions until the transaction times out.
+        transactional_id = self.kafka.client.get("transactional_id") or _instance_id(self.group)
         self.producer = KafkaProducer(**producer_settings(
-            self.kafka, self.bootstrap, transactional_id=f"streamskew-{self.group}-"
-            f"{uuid.uuid4().hex[:12]}", linger_ms=5))
+            self.kafka, self.bootstrap, transactional_id=transactional_id, linger_ms=5))
         self.producer.init_transactions()
         self.source_consumer.subscribe(self.topics, listener=_SourceListener(self))
         self.panes_consumer.subscribe([self.kafka.panes_topic],
@@ -315,17 +319,22 @@ class DetectorService:
             watermark = FINAL if source.final else source.builder.watermark
             if source.dirty or watermark != source.sent_watermark or idle != source.sent_idle:
                 heartbeats.append((source, name, watermark, idle))
-        if not (heartbeats or self.pending_panes or self.pending_dead):
+        # Only the chosen sources' panes and dead letters go with their checkpoints: a pane
+        # committed without its source's checkpoint would be sent again after a crash.
+        names = {source_name(s.tp) for s in sources}
+        panes = [(n, p) for n, p in self.pending_panes if n in names]
+        dead = [(tp, o, r) for tp, o, r in self.pending_dead if source_name(tp) in names]
+        if not (heartbeats or panes or dead):
             return
         producer = self.producer
         producer.begin_transaction()
         try:
-            for name, sealed in self.pending_panes:
+            for name, sealed in panes:
                 producer.send(self.kafka.panes_topic, key=sealed.model.encode(),
                               value=pane_message("pane", name, model=sealed.model,
                                                  index=sealed.index,
                                                  payload=sealed.pane.to_bytes()))
-            for tp, offset, record in self.pending_dead:
+            for tp, offset, record in dead:
                 producer.send(self.kafka.dlq_topic, key=None, value=record.raw,
                               headers=dead_letter_headers(record, tp, offset))
             offsets = {}
@@ -345,12 +354,13 @@ class DetectorService:
             _abort(producer)
             raise
         self.stats.transactions += 1
-        self.stats.dead_letters += len(self.pending_dead)
+        self.stats.dead_letters += len(dead)
         if self.metrics is not None:
-            for tp, _, record in self.pending_dead:
+            for tp, _, record in dead:
                 self.metrics.bad_record(tp.topic, record.reason)
-        self.pending_panes.clear()
-        self.pending_dead.clear()
+        self.pending_panes = [(n, p) for n, p in self.pending_panes if n not in names]
+        self.pending_dead = [(t, o, r) for t, o, r in self.pending_dead
+                             if source_name(t) not in names]
         for source, _, watermark, idle in heartbeats:
             source.dirty = False
             source.sent_watermark = watermark
@@ -509,6 +519,15 @@ class DetectorService:
                 closer()
             except Exception:  # closing is best effort; the work is committed
                 log.debug("close failed", exc_info=True)
+
+
+_INSTANCES = itertools.count()
+
+
+def _instance_id(group: str) -> str:
+    """Stable across restarts of the same host and slot (hostname, e.g. the pod name, and
+    the number of the service within this process), unique among concurrent services."""
+    return f"streamskew-{group}-{socket.gethostname()}-{next(_INSTANCES)}"
 
 
 def _abort(producer: KafkaProducer) -> None:
