@@ -213,7 +213,7 @@ def _groups(bootstrap: str) -> set[str]:
         admin.close()
 
 
-def _write_config(tmp_path, bootstrap, topic, config, baseline):
+def _write_config(tmp_path, bootstrap, topic, config, baseline, extra_kafka=""):
     baseline.save(tmp_path / "baseline.json")
     k = config.kafka
     toml = tmp_path / "streamskew.toml"
@@ -232,7 +232,7 @@ alerts_topic = "{k.alerts_topic}"
 dlq_topic = "{k.dlq_topic}"
 panes_topic = "{k.panes_topic}"
 state_topic = "{k.state_topic}"
-''')
+{extra_kafka}''')
     return toml
 
 
@@ -269,7 +269,10 @@ def test_a_crash_and_restart_neither_loses_nor_repeats_an_event(kafka_bootstrap,
     messages = skewed_stream(minutes=40, per_second=25, shift_from=20)
     produce(kafka_bootstrap, name, messages)
     config = service_config(kafka_bootstrap, name, unique("crash"))
-    toml = _write_config(tmp_path, kafka_bootstrap, name, config, baseline)
+    # The killed replica's open transaction is aborted by the broker after this timeout
+    # (a restart under the same transactional id would abort it at once).
+    toml = _write_config(tmp_path, kafka_bootstrap, name, config, baseline,
+                         "transaction_timeout_ms = 10000\n")
     process = subprocess.Popen([sys.executable, "-m", "streamskew.cli", "run", "--config",
                                 str(toml), "--checkpoint-interval", "200ms"],
                                stderr=subprocess.DEVNULL)

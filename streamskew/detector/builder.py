@@ -14,6 +14,7 @@ record goes to one pane, sealed at the end of the input: the whole input is one 
 from __future__ import annotations
 
 import time
+from base64 import b64decode, b64encode
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -233,7 +234,7 @@ class PaneBuilder:
         return orjson.dumps({
             "event_time": self.event_time, "max_time": self.max_time,
             "sealed_through": self.sealed_through,
-            "open": [[model, index, pane.to_bytes().decode()]
+            "open": [[model, index, b64encode(pane.to_bytes()).decode()]
                      for (model, index), pane in self.open.items()],
         })
 
@@ -242,7 +243,7 @@ class PaneBuilder:
         self.event_time = raw["event_time"]
         self.max_time = raw["max_time"]
         self.sealed_through = raw["sealed_through"]
-        self.open = {(model, index): Pane.from_bytes(encoded.encode(),
+        self.open = {(model, index): Pane.from_bytes(b64decode(encoded),
                                                      baseline_for(self.baselines, model))
                      for model, index, encoded in raw["open"]}
 

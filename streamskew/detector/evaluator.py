@@ -11,6 +11,7 @@ one pane and judges it; hysteresis turns the judgements into ``skew_detected`` /
 from __future__ import annotations
 
 import math
+from base64 import b64decode, b64encode
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -201,8 +202,9 @@ class Evaluator:
             "closed_through": self.closed_through,
             "models": {
                 model: {
-                    "window": [p.to_bytes().decode() for p in s.window.panes],
-                    "pending": {str(i): p.to_bytes().decode() for i, p in s.pending.items()},
+                    "window": [b64encode(p.to_bytes()).decode() for p in s.window.panes],
+                    "pending": {str(i): b64encode(p.to_bytes()).decode()
+                                for i, p in s.pending.items()},
                     "hysteresis": [[*key, h.active, h.streak]
                                    for key, h in s.hysteresis.items()],
                 } for model, s in self.models.items()},
@@ -215,8 +217,8 @@ class Evaluator:
         for model, saved in raw["models"].items():
             state = self._model(model)
             for encoded in saved["window"]:
-                state.window.push(Pane.from_bytes(encoded.encode(), state.baseline))
-            state.pending = {int(i): Pane.from_bytes(p.encode(), state.baseline)
+                state.window.push(Pane.from_bytes(b64decode(encoded), state.baseline))
+            state.pending = {int(i): Pane.from_bytes(b64decode(p), state.baseline)
                              for i, p in saved["pending"].items()}
             for feature, check, metric, active, streak in saved["hysteresis"]:
                 h = state.state((feature, check, metric))

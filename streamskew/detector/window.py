@@ -10,7 +10,8 @@ O(records) or O(panes * bins).
 
 from __future__ import annotations
 
-import base64
+import struct
+import zlib
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -64,22 +65,35 @@ class Pane:
                     dict(self.new_features))
 
     def to_bytes(self) -> bytes:
-        """Serialize (the baseline supplies the layouts when reading back)."""
-        return orjson.dumps({
+        """Serialize, zlib-compressed (the baseline supplies the layouts when reading back).
+
+        Panes travel through Kafka (panes topic, checkpoints): compression keeps a window of
+        many features far below Kafka's 1 MB default message size."""
+        parts = [s.to_bytes() for s in self.summaries.values()]
+        header = orjson.dumps({
             "index": self.index, "records": self.records, "new_features": self.new_features,
-            "summaries": {name: base64.b64encode(s.to_bytes()).decode()
-                          for name, s in self.summaries.items()},
-        })
+            "summaries": [[name, len(part)] for name, part in zip(self.summaries, parts,
+                                                                  strict=True)]})
+        return zlib.compress(struct.pack("<I", len(header)) + header + b"".join(parts), 1)
 
     @classmethod
     def from_bytes(cls, data: bytes, baseline: Baseline) -> Pane:
-        raw = orjson.loads(data)
+        try:
+            body = zlib.decompress(data)
+            (size,) = struct.unpack_from("<I", body)
+            raw = orjson.loads(body[4:4 + size])
+        except (zlib.error, struct.error, orjson.JSONDecodeError) as exc:
+            raise ValueError(f"not a serialized pane ({exc})") from None
+        offset = 4 + size
         summaries: dict[str, Summary] = {}
-        for name, encoded in raw["summaries"].items():
-            feature = baseline.features[name]
+        for name, length in raw["summaries"]:
+            feature = baseline.features.get(name)
+            if feature is None:
+                raise ValueError(f"pane has feature {name!r} that the baseline does not know")
             reader = CategoricalSummary if isinstance(feature, CategoricalBaseline) \
                 else NumericSummary
-            summaries[name] = reader.from_bytes(base64.b64decode(encoded), feature.layout)
+            summaries[name] = reader.from_bytes(body[offset:offset + length], feature.layout)
+            offset += length
         return cls(raw["index"], raw["records"], summaries, dict(raw["new_features"]))
 
 

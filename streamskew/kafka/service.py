@@ -342,7 +342,8 @@ class DetectorService:
                 self._broadcast_watermark(name, watermark, source.final, idle)
                 producer.send(self.kafka.state_topic,
                               key=builder_key(self.group, source.tp.topic, source.tp.partition),
-                              value=orjson.dumps({"final": source.final}) + b"\n"
+                              value=orjson.dumps({"final": source.final,
+                                                  "position": source.position}) + b"\n"
                               + source.builder.state_bytes())
                 if source.position is not None:
                     offsets[source.tp] = OffsetAndMetadata(source.position, "", -1)
@@ -397,7 +398,7 @@ class DetectorService:
             for tp in self.evaluator_partitions:
                 producer.send(self.kafka.state_topic, key=evaluator_key(self.group,
                                                                         tp.partition),
-                              value=self._evaluator_state())
+                              value=self._evaluator_state(positions[tp]))
             producer.send_offsets_to_transaction(
                 {tp: OffsetAndMetadata(p, "", -1) for tp, p in positions.items()},
                 self.panes_consumer.group_metadata())
@@ -415,10 +416,11 @@ class DetectorService:
                 self.on_event(event)
         self.pending_events.clear()
 
-    def _evaluator_state(self) -> bytes:
+    def _evaluator_state(self, position: int) -> bytes:
         assert self.evaluator is not None
         header = {"watermarks": self.watermarks, "idle": sorted(self.idle),
-                  "done": self.evaluator_done, "windows": self.evaluator.windows}
+                  "done": self.evaluator_done, "windows": self.evaluator.windows,
+                  "position": position}
         return orjson.dumps(header) + b"\n" + self.evaluator.state_bytes()
 
     # -- rebalances --------------------------------------------------------------------------
@@ -431,8 +433,10 @@ class DetectorService:
             final = False
             if key in saved:
                 header, _, state = saved[key].partition(b"\n")
-                final = orjson.loads(header)["final"]
+                meta = orjson.loads(header)
+                final = meta["final"]
                 builder.restore(state)
+                _resume(self.source_consumer, tp, meta.get("position"))
             self.sources[tp] = _Source(tp, builder, final)
         log.info("assigned %s", ", ".join(map(source_name, partitions)))
 
@@ -459,9 +463,11 @@ class DetectorService:
         self.watermarks, self.idle, self.evaluator_done = {}, set(), False
         keys = {evaluator_key(self.group, tp.partition) for tp in partitions}
         saved = read_latest(self.state_settings, self.kafka.state_topic, keys)
-        for value in saved.values():  # one panes partition in the default layout
+        by_key = {evaluator_key(self.group, tp.partition): tp for tp in partitions}
+        for key, value in saved.items():  # one panes partition in the default layout
             header, _, state = value.partition(b"\n")
             meta = orjson.loads(header)
+            _resume(self.panes_consumer, by_key[key], meta.get("position"))
             self.watermarks = dict(meta["watermarks"])
             self.idle = set(meta["idle"])
             self.evaluator_done = meta["done"]
@@ -519,6 +525,14 @@ class DetectorService:
                 closer()
             except Exception:  # closing is best effort; the work is committed
                 log.debug("close failed", exc_info=True)
+
+
+def _resume(consumer: KafkaConsumer, tp: TP, position: int | None) -> None:
+    """Continue exactly where the restored checkpoint was taken. The committed offset says
+    the same (same transaction), but reading it fails or falls back to the reset policy
+    while a dead replica's transaction still holds pending offsets for the partition."""
+    if position is not None:
+        consumer.seek(tp, position)
 
 
 _INSTANCES = itertools.count()

@@ -212,28 +212,29 @@ class NumericSummary:
 
     # -- bytes -------------------------------------------------------------------------------
 
-    _HEADER = struct.Struct("<4sHqqq")  # magic, version, nonzero quantile slot range, bins
+    _HEADER = struct.Struct("<4sHqq")  # magic, version, occupied quantile slots, bins
 
     def to_bytes(self) -> bytes:
-        """Compact little-endian bytes: only the occupied range of the quantile slots."""
+        """Compact little-endian bytes: the quantile sketch as (slot, count) pairs, since a
+        window occupies a few hundred of its thousands of slots."""
         occupied = np.flatnonzero(self.quantiles)
-        first, last = (int(occupied[0]), int(occupied[-1]) + 1) if len(occupied) else (0, 0)
-        header = self._HEADER.pack(b"SSNS", 1, first, last, len(self.bins))
+        header = self._HEADER.pack(b"SSNS", 2, len(occupied), len(self.bins))
         return b"".join([
             header,
             self.counts.astype("<i8").tobytes(),
             self.moments.astype("<f8").tobytes(),
             self.bins.astype("<i8").tobytes(),
-            self.quantiles[first:last].astype("<i8").tobytes(),
+            occupied.astype("<i4").tobytes(),
+            self.quantiles[occupied].astype("<i8").tobytes(),
         ])
 
     @classmethod
     def from_bytes(cls, data: bytes, layout: NumericLayout) -> NumericSummary:
         """Inverse of :meth:`to_bytes` for a summary of the same layout."""
-        magic, version, first, last, n_bins = cls._HEADER.unpack_from(data)
-        if magic != b"SSNS" or version != 1:
-            raise ValueError("not a streamskew numeric summary (or a newer version)")
-        if n_bins != layout.bin_slots or last > layout.quantile_layout.slots:
+        magic, version, occupied, n_bins = cls._HEADER.unpack_from(data)
+        if magic != b"SSNS" or version != 2:
+            raise ValueError("not a streamskew numeric summary (or another version)")
+        if n_bins != layout.bin_slots:
             raise ValueError("summary bytes do not match this feature's baseline layout")
         offset = cls._HEADER.size
         counts = np.frombuffer(data, "<i8", 3, offset).astype(np.int64)
@@ -242,6 +243,10 @@ class NumericSummary:
         offset += 32
         bins = np.frombuffer(data, "<i8", n_bins, offset).astype(np.int64)
         offset += 8 * n_bins
+        slots = np.frombuffer(data, "<i4", occupied, offset).astype(np.int64)
+        offset += 4 * occupied
         quantiles = np.zeros(layout.quantile_layout.slots, dtype=np.int64)
-        quantiles[first:last] = np.frombuffer(data, "<i8", last - first, offset)
+        if occupied and (slots.min() < 0 or slots.max() >= len(quantiles)):
+            raise ValueError("summary bytes do not match this feature's baseline layout")
+        quantiles[slots] = np.frombuffer(data, "<i8", occupied, offset)
         return cls(layout, bins, quantiles, counts, moments)
