@@ -468,8 +468,12 @@ class _Builder:
                 self.bins[name] = _bin_counts(edges, values, counts)
                 self.extremes[name] = [float(values[0]), float(values[-1])]
             else:
-                edges = _with_one_bin(np.unique(np.asarray(column.kll.get_quantiles(ranks),
-                                                           dtype=np.float64)))
+                # KLL's min and max are exact; its inner quantiles carry the rank error.
+                # The outer edges must be the true extremes, or training values would sit
+                # in the under/overflow bins that mean "out of range".
+                inner = np.asarray(column.kll.get_quantiles(ranks[1:-1]), dtype=np.float64)
+                edges = _with_one_bin(np.unique(np.concatenate([
+                    [column.kll.get_min_value()], inner, [column.kll.get_max_value()]])))
                 self.bins[name] = np.zeros(len(edges) + 1, dtype=np.int64)
                 self.extremes[name] = [math.inf, -math.inf]
             self.edges[name] = edges

@@ -173,3 +173,14 @@ def test_save_load_round_trip_and_bad_baseline_files(tmp_path):
 def test_same_data_gives_the_same_baseline_id():
     data = {"x": np.random.default_rng(4).normal(size=5000).tolist()}
     assert Baseline.from_columns(data).id == Baseline.from_columns(data).id
+
+
+def test_kll_edges_span_the_exact_training_range(monkeypatch):
+    """The outer edges are the exact min and max even on the KLL path, so no training value
+    lands in the under/overflow bins (those mean "out of range" when serving)."""
+    monkeypatch.setattr(baseline_module, "MAX_DISTINCT", 100)
+    values = np.random.default_rng(8).normal(10, 2, 50_000)
+    feature = Baseline.from_columns({"x": values}).features["x"]
+    assert feature.edges[0] == values.min() and feature.edges[-1] == values.max()
+    assert feature.bin_counts[0] == feature.bin_counts[-1] == 0
+    assert feature.bin_counts.sum() == len(values)
