@@ -164,12 +164,21 @@ def demo(output_dir: str, no_report: bool) -> None:
 # -- kafka ---------------------------------------------------------------------------------
 
 
+def _kafka_options(command: Any) -> Any:
+    """The options every Kafka command shares."""
+    for option in reversed([
+        click.option("--config", "config_path", required=True,
+                     type=click.Path(dir_okay=False), help="TOML config with a [kafka] section."),
+        click.option("--baseline", "baseline_path", type=click.Path(dir_okay=False),
+                     help="Baseline file (default: `baseline` in the config)."),
+        click.option("--bootstrap-servers", help="Overrides [kafka] bootstrap_servers."),
+    ]):
+        command = option(command)
+    return command
+
+
 @main.command()
-@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
-              help="TOML config with a [kafka] section.")
-@click.option("--baseline", "baseline_path", type=click.Path(dir_okay=False),
-              help="Baseline file (default: `baseline` in the config).")
-@click.option("--bootstrap-servers", help="Overrides [kafka] bootstrap_servers.")
+@_kafka_options
 @click.option("--until-end", is_flag=True,
               help="Stop once caught up with the end offsets seen at start (batch jobs).")
 @click.option("--metrics-port", type=int, help="Serve Prometheus metrics on this port.")
@@ -224,11 +233,7 @@ def run(config_path: str, baseline_path: str | None, bootstrap_servers: str | No
 
 
 @main.command()
-@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
-              help="TOML config with a [kafka] section.")
-@click.option("--baseline", "baseline_path", type=click.Path(dir_okay=False),
-              help="Baseline file (default: `baseline` in the config).")
-@click.option("--bootstrap-servers", help="Overrides [kafka] bootstrap_servers.")
+@_kafka_options
 @click.option("--from", "start", required=True,
               help="Start of the event-time range: ISO-8601, epoch ms, or relative (-2h).")
 @click.option("--to", "end", help="End of the range (exclusive); default: the end of the topic.")
