@@ -187,10 +187,12 @@ class DetectorService:
             while not (stop is not None and stop.is_set()):
                 self._poll_sources()
                 self._poll_panes()
-                now = time.monotonic()
-                if now - last_checkpoint >= self.checkpoint_interval_s or self._finishing():
+                if time.monotonic() - last_checkpoint >= self.checkpoint_interval_s \
+                        or self._finishing():
                     self.checkpoint()
-                    last_checkpoint = now
+                    # Measured after the commit: a slow checkpoint must not make every
+                    # following poll checkpoint again.
+                    last_checkpoint = time.monotonic()
                 if self.until_end and self._done():
                     break
             self.checkpoint()
