@@ -27,7 +27,8 @@ import itertools
 import logging
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -329,8 +330,7 @@ class DetectorService:
         if not (heartbeats or panes or dead):
             return
         producer = self.producer
-        producer.begin_transaction()
-        try:
+        with _transaction(producer):
             for name, sealed in panes:
                 producer.send(self.kafka.panes_topic, key=sealed.model.encode(),
                               value=pane_message("pane", name, model=sealed.model,
@@ -352,10 +352,6 @@ class DetectorService:
             if offsets:
                 producer.send_offsets_to_transaction(offsets,
                                                      self.source_consumer.group_metadata())
-            producer.commit_transaction()
-        except Exception:
-            _abort(producer)
-            raise
         self.stats.transactions += 1
         self.stats.dead_letters += len(dead)
         if self.metrics is not None:
@@ -392,8 +388,7 @@ class DetectorService:
         if not self.pending_events and positions == getattr(self, "_committed_panes", None):
             return
         producer = self.producer
-        producer.begin_transaction()
-        try:
+        with _transaction(producer):
             for event in self.pending_events:
                 producer.send(self.kafka.alerts_topic, key=event.key.encode(),
                               value=event.to_json(), timestamp_ms=event.window_end)
@@ -404,10 +399,6 @@ class DetectorService:
             producer.send_offsets_to_transaction(
                 {tp: OffsetAndMetadata(p, "", -1) for tp, p in positions.items()},
                 self.panes_consumer.group_metadata())
-            producer.commit_transaction()
-        except Exception:
-            _abort(producer)
-            raise
         self.stats.transactions += 1
         self._committed_panes = positions
         for event in self.pending_events:
@@ -546,11 +537,19 @@ def _instance_id(group: str) -> str:
     return f"streamskew-{group}-{socket.gethostname()}-{next(_INSTANCES)}"
 
 
-def _abort(producer: KafkaProducer) -> None:
+@contextmanager
+def _transaction(producer: KafkaProducer) -> Iterator[None]:
+    """Everything sent inside commits together, or is aborted (and the error re-raised)."""
+    producer.begin_transaction()
     try:
-        producer.abort_transaction()
+        yield
+        producer.commit_transaction()
     except Exception:
-        log.debug("abort failed", exc_info=True)
+        try:
+            producer.abort_transaction()
+        except Exception:
+            log.debug("abort failed", exc_info=True)
+        raise
 
 
 class _SourceListener(ConsumerRebalanceListener):

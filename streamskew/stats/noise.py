@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from functools import lru_cache
 from statistics import NormalDist
 
 import numpy as np
@@ -94,16 +95,22 @@ class NoiseFloors:
         self.key = key
         self.options = {"points": points, "scale": scale}
         self._cache: dict[tuple[str, int], float] = {}
+        self._exact: dict[tuple[str, int], float] = {}
 
     def floor(self, metric: str, n: int) -> float:
         """The ``1 - alpha`` null quantile of ``metric`` for a window of ``n`` values."""
         if self.total == 0 or np.count_nonzero(self.baseline_counts) < 2:
             return 0.0  # a single occupied bin: no sampling noise in its distribution
-        size = effective_size(n, self.total)
-        if metric == "ks":
-            return dkw_floor(size, self.alpha)
-        if metric == "linf":
-            return max_deviation_floor(self.probabilities, size, self.alpha)
+        if metric in ("ks", "linf"):  # exact bounds, cached per window size
+            cached = self._exact.get((metric, n))
+            if cached is None:
+                size = effective_size(n, self.total)
+                cached = dkw_floor(size, self.alpha) if metric == "ks" else \
+                    max_deviation_floor(self.probabilities, size, self.alpha)
+                if len(self._exact) >= 4096:  # bounded over a long run
+                    self._exact.clear()
+                self._exact[(metric, n)] = cached
+            return cached
         low = size_bucket(n)
         if low >= n:
             return self._at(metric, low)
@@ -178,6 +185,7 @@ def _kl_vec(r: np.ndarray, p: np.ndarray) -> np.ndarray:
     return first + second
 
 
+@lru_cache(maxsize=65_536)  # judged for every window and rate check: same inputs recur
 def rate_floor(p0: float, n: int, alpha: float, baseline_total: float) -> float:
     """Smallest rate a window of ``n`` records reaches with probability <= ``alpha`` when the
     true rate is ``p0`` (Chernoff bound with the effective size).
