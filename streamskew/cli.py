@@ -184,26 +184,24 @@ def _kafka_options(command: Any) -> Any:
 @click.option("--metrics-port", type=int, help="Serve Prometheus metrics on this port.")
 @click.option("--checkpoint-interval", default="1s", show_default=True,
               help="How often offsets, panes, state and alerts are committed together.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Detector processes in this group on this machine (one per core, at most "
+              "one per partition); worker i serves metrics on --metrics-port + i.")
 def run(config_path: str, baseline_path: str | None, bootstrap_servers: str | None,
-        until_end: bool, metrics_port: int | None, checkpoint_interval: str) -> None:
+        until_end: bool, metrics_port: int | None, checkpoint_interval: str,
+        workers: int) -> None:
     """Join the consumer group and publish skew events to the alerts topic."""
     import signal
     import threading
 
     from .config import parse_duration
-    from .kafka.service import DetectorService
 
     config = _load_config(config_path)
     baseline = _load_baseline(baseline_path, config)
-    metrics = None
-    if metrics_port is not None:
-        try:
-            from .kafka.metrics import ServiceMetrics
-        except ImportError as exc:
-            raise _Problem(str(exc)) from None
-        metrics = ServiceMetrics(metrics_port)
-        metrics.start()
-        click.echo(f"metrics on :{metrics.port}/metrics", err=True)
+    try:
+        interval = parse_duration(checkpoint_interval) / 1000
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--checkpoint-interval") from None
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -212,24 +210,49 @@ def run(config_path: str, baseline_path: str | None, bootstrap_servers: str | No
         click.echo(f"{event.type} {event.key} {event.check} {event.metric} "
                    f"value={event.value:.4g} threshold={event.threshold:.4g}", err=True)
 
+    def show_metrics(worker: int, port: int) -> None:
+        click.echo(f"metrics on :{port}/metrics" + (f" (worker {worker})" if workers > 1
+                                                    else ""), err=True)
+
+    options = {"bootstrap_servers": bootstrap_servers, "until_end": until_end,
+               "checkpoint_interval_s": interval, "on_event": show}
     try:
-        interval = parse_duration(checkpoint_interval) / 1000
-        service = DetectorService(config, baseline, bootstrap_servers=bootstrap_servers,
-                                  until_end=until_end, checkpoint_interval_s=interval,
-                                  on_event=show, metrics=metrics)
-        stats = service.run(stop)
+        if workers > 1:
+            from .kafka.workers import run_workers
+
+            stats = run_workers(config, baseline, workers, stop, metrics_port=metrics_port,
+                                on_metrics=show_metrics, **options)
+        else:
+            stats = _run_one(config, baseline, stop, metrics_port, show_metrics, options)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     except RuntimeError as exc:
         raise _Problem(str(exc)) from None
-    finally:
-        if metrics is not None:
-            metrics.stop()
     b = stats.builders
     click.echo(f"records={b.records} accepted={b.accepted} rejected={b.bad_total} "
                f"field_errors={sum(b.field_errors.values())} late={b.late} "
                f"dead_letters={stats.dead_letters} windows={stats.windows} "
                f"events={len(stats.events)}", err=True)
+
+
+def _run_one(config: Config, baseline: Baseline, stop: Any, metrics_port: int | None,
+             show_metrics: Any, options: dict[str, Any]) -> Any:
+    """`run` in this process (one worker)."""
+    from .kafka.service import DetectorService
+
+    metrics = None
+    if metrics_port is not None:
+        try:
+            from .kafka.metrics import ServiceMetrics
+        except ImportError as exc:
+            raise _Problem(str(exc)) from None
+        metrics = ServiceMetrics(metrics_port)
+        show_metrics(0, metrics.start())
+    try:
+        return DetectorService(config, baseline, metrics=metrics, **options).run(stop)
+    finally:
+        if metrics is not None:
+            metrics.stop()
 
 
 @main.command()

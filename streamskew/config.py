@@ -14,6 +14,7 @@ streamskew.config.ConfigError: <dict>: [window] size = 'ten minutes': not a dura
 
 from __future__ import annotations
 
+import copyreg
 import os
 import re
 import tomllib
@@ -35,6 +36,14 @@ __all__ = [
     "WindowConfig",
     "parse_duration",
 ]
+
+# The read-only mappings inside a Config pickle as read-only copies, so a Config can be
+# handed to worker processes (`run --workers`); mappingproxy has no pickle support itself.
+def _read_only(items: dict[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(items)
+
+
+copyreg.pickle(MappingProxyType, lambda mapping: (_read_only, (dict(mapping),)))
 
 NUMERIC_METRICS = ("jsd", "psi", "ks", "wasserstein", "linf", "chi2")
 CATEGORICAL_METRICS = ("linf", "jsd", "psi", "chi2")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 import orjson
@@ -106,3 +107,29 @@ def service_config(bootstrap: str, topic: str, group: str, **window: str) -> Con
 
 def event_ids(events: Iterable) -> list[str]:
     return sorted(e.event_id if hasattr(e, "event_id") else e["event_id"] for e in events)
+
+
+def write_config(tmp_path, bootstrap: str, topic: str, config: Config, baseline: Baseline,
+                 extra_kafka: str = "") -> Path:
+    """The TOML file (and baseline file) of ``config`` as service_config builds it, for the
+    CLI; ``extra_kafka`` lines go at the end of the [kafka] section."""
+    baseline.save(tmp_path / "baseline.json")
+    k = config.kafka
+    toml = tmp_path / "streamskew.toml"
+    toml.write_text(f'''baseline = "baseline.json"
+[window]
+size = "4m"
+pane = "1m"
+allowed_lateness = "2s"
+[detect]
+min_count = 300
+[kafka]
+bootstrap_servers = "{bootstrap}"
+topics = ["{topic}"]
+group_id = "{k.group_id}"
+alerts_topic = "{k.alerts_topic}"
+dlq_topic = "{k.dlq_topic}"
+panes_topic = "{k.panes_topic}"
+state_topic = "{k.state_topic}"
+{extra_kafka}''')
+    return toml

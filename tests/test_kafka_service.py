@@ -30,6 +30,7 @@ from .kafka_helpers import (
     skewed_stream,
     training_baseline,
     unique,
+    write_config,
 )
 
 pytestmark = pytest.mark.kafka
@@ -150,7 +151,7 @@ def test_replay_of_a_sub_range_equals_detect_over_those_records(kafka_bootstrap,
 def test_replay_cli_writes_events_and_can_publish_them(kafka_bootstrap, topic, stream, baseline,
                                                        tmp_path):
     config = service_config(kafka_bootstrap, topic, unique("cli"))
-    toml = _write_config(tmp_path, kafka_bootstrap, topic, config, baseline)
+    toml = write_config(tmp_path, kafka_bootstrap, topic, config, baseline)
     runner = CliRunner()
     result = runner.invoke(main, ["replay", "--config", str(toml), "--from",
                                   "2025-11-28T10:00:00Z", "--output", str(tmp_path / "e.jsonl")])
@@ -172,7 +173,7 @@ def test_sigterm_leaves_committed_offsets_at_the_last_processed_record(kafka_boo
     messages = skewed_stream(minutes=4)
     produce(kafka_bootstrap, name, messages)
     config = service_config(kafka_bootstrap, name, unique("term"))
-    toml = _write_config(tmp_path, kafka_bootstrap, name, config, baseline)
+    toml = write_config(tmp_path, kafka_bootstrap, name, config, baseline)
     process = subprocess.Popen([sys.executable, "-m", "streamskew.cli", "run", "--config",
                                 str(toml)], stderr=subprocess.PIPE, text=True)
     try:
@@ -211,29 +212,6 @@ def _groups(bootstrap: str) -> set[str]:
         return {group["group_id"] for group in admin.list_groups()}
     finally:
         admin.close()
-
-
-def _write_config(tmp_path, bootstrap, topic, config, baseline, extra_kafka=""):
-    baseline.save(tmp_path / "baseline.json")
-    k = config.kafka
-    toml = tmp_path / "streamskew.toml"
-    toml.write_text(f'''baseline = "baseline.json"
-[window]
-size = "4m"
-pane = "1m"
-allowed_lateness = "2s"
-[detect]
-min_count = 300
-[kafka]
-bootstrap_servers = "{bootstrap}"
-topics = ["{topic}"]
-group_id = "{k.group_id}"
-alerts_topic = "{k.alerts_topic}"
-dlq_topic = "{k.dlq_topic}"
-panes_topic = "{k.panes_topic}"
-state_topic = "{k.state_topic}"
-{extra_kafka}''')
-    return toml
 
 
 def test_metrics_endpoint_reports_records_scores_and_events(kafka_bootstrap, topic, stream,
@@ -275,7 +253,7 @@ def test_a_crash_and_restart_neither_loses_nor_repeats_an_event(kafka_bootstrap,
     config = service_config(kafka_bootstrap, name, unique("crash"))
     # The killed replica's open transaction is aborted by the broker after this timeout
     # (a restart under the same transactional id would abort it at once).
-    toml = _write_config(tmp_path, kafka_bootstrap, name, config, baseline,
+    toml = write_config(tmp_path, kafka_bootstrap, name, config, baseline,
                          "transaction_timeout_ms = 10000\n")
     process = subprocess.Popen([sys.executable, "-m", "streamskew.cli", "run", "--config",
                                 str(toml), "--checkpoint-interval", "200ms"],

@@ -54,6 +54,11 @@ __all__ = ["DetectorService", "ServiceStats", "dead_letter_headers", "decode_pan
 log = logging.getLogger(__name__)
 
 FINAL = 2**62  # watermark of a source that will never send more
+# The evaluator's state (every pane of the open windows) is larger than a builder's and
+# changes only as panes arrive, so it is checkpointed every this many checkpoint intervals,
+# or at once when there are alerts to publish. A crash re-reads at most that much of the
+# panes topic, which is cheap.
+EVALUATOR_CHECKPOINT_EVERY = 10
 
 
 def source_name(tp: TP) -> str:
@@ -113,7 +118,7 @@ class DetectorService:
                  bootstrap_servers: str | None = None, until_end: bool = False,
                  checkpoint_interval_s: float = 1.0, idle_timeout_s: float = 30.0,
                  on_event: Callable[[SkewEvent], None] | None = None,
-                 metrics: Any = None, max_poll_records: int = 5000) -> None:
+                 metrics: Any = None, max_poll_records: int = 5000, worker: int = 0) -> None:
         self.config = config
         self.kafka = config.kafka
         self.baselines = ({"default": baselines} if isinstance(baselines, Baseline)
@@ -125,6 +130,7 @@ class DetectorService:
         self.on_event = on_event
         self.metrics = metrics
         self.max_poll_records = max_poll_records
+        self.worker = worker  # this process's number under `run --workers` (0 otherwise)
         self.group = self.kafka.group_id
         self.stats = ServiceStats()
         self.sources: dict[TP, _Source] = {}
@@ -139,6 +145,7 @@ class DetectorService:
         self.expected_sources: set[str] = set()
         self.targets: dict[TP, int] = {}
         self.joined_sources = self.joined_evaluator = False
+        self._evaluator_due = 0  # checkpoints since the evaluator's last commit
 
     # -- setup -------------------------------------------------------------------------------
 
@@ -170,7 +177,11 @@ class DetectorService:
         # A transactional id that a restarted process reuses: init_transactions then fences
         # the dead one and aborts its open transaction at once, instead of leaving its
         # uncommitted offsets to block the partitions until the transaction times out.
-        transactional_id = self.kafka.client.get("transactional_id") or _instance_id(self.group)
+        transactional_id = self.kafka.client.get("transactional_id")
+        if transactional_id is None:
+            transactional_id = _instance_id(self.group, self.worker)
+        elif self.worker:  # one configured id, several worker processes: one id each
+            transactional_id = f"{transactional_id}-{self.worker}"
         self.producer = KafkaProducer(**producer_settings(
             self.kafka, self.bootstrap, transactional_id=transactional_id, linger_ms=5))
         self.producer.init_transactions()
@@ -190,13 +201,13 @@ class DetectorService:
                 self._poll_panes()
                 if time.monotonic() - last_checkpoint >= self.checkpoint_interval_s \
                         or self._finishing():
-                    self.checkpoint()
+                    self.checkpoint(force=self._finishing())
                     # Measured after the commit: a slow checkpoint must not make every
                     # following poll checkpoint again.
                     last_checkpoint = time.monotonic()
                 if self.until_end and self._done():
                     break
-            self.checkpoint()
+            self.checkpoint(force=True)
         finally:
             self._close()
         return self.stats
@@ -289,11 +300,14 @@ class DetectorService:
 
     # -- commits -----------------------------------------------------------------------------
 
-    def checkpoint(self) -> None:
+    def checkpoint(self, force: bool = False) -> None:
         """Commit stage 1 (panes, dead letters, builder state, source offsets), then stage 2
-        (alerts, evaluator state, panes offsets), each in its own transaction."""
+        (alerts, evaluator state, panes offsets), each in its own transaction. Stage 2 waits
+        for alerts or for EVALUATOR_CHECKPOINT_EVERY checkpoints, unless ``force``."""
         self._commit_builders()
-        self._commit_evaluator()
+        self._evaluator_due += 1
+        if force or self.pending_events or self._evaluator_due >= EVALUATOR_CHECKPOINT_EVERY:
+            self._commit_evaluator()
         if self.metrics is not None:
             self._report_partitions()
 
@@ -401,6 +415,7 @@ class DetectorService:
                 self.panes_consumer.group_metadata())
         self.stats.transactions += 1
         self._committed_panes = positions
+        self._evaluator_due = 0
         for event in self.pending_events:
             self.stats.events.append(event)
             if self.metrics is not None:
@@ -531,10 +546,11 @@ def _resume(consumer: KafkaConsumer, tp: TP, position: int | None) -> None:
 _INSTANCES = itertools.count()
 
 
-def _instance_id(group: str) -> str:
-    """Stable across restarts of the same host and slot (hostname, e.g. the pod name, and
-    the number of the service within this process), unique among concurrent services."""
-    return f"streamskew-{group}-{socket.gethostname()}-{next(_INSTANCES)}"
+def _instance_id(group: str, worker: int = 0) -> str:
+    """Stable across restarts of the same host and slot (hostname, e.g. the pod name, the
+    worker process number, and the number of the service within that process), unique
+    among concurrent services."""
+    return f"streamskew-{group}-{socket.gethostname()}-{worker}-{next(_INSTANCES)}"
 
 
 @contextmanager

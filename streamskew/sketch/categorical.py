@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from itertools import repeat
 
 import numpy as np
 import orjson
@@ -42,13 +43,14 @@ class CategoricalLayout:
     vocabulary: tuple[str, ...]
     known_tail: frozenset[str] = frozenset()
     tail_complete: bool = True
-    index: dict[str, int] = field(init=False, repr=False, compare=False)
+    index: dict[str | None, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        index = {value: i for i, value in enumerate(self.vocabulary)}
+        index: dict[str | None, int] = {value: i for i, value in enumerate(self.vocabulary)}
         other = len(self.vocabulary)
         for value in self.known_tail:
             index.setdefault(value, other)
+        index[None] = -1  # missing: so one dict lookup per value codes everything (update)
         object.__setattr__(self, "index", index)
 
     @property
@@ -82,8 +84,9 @@ class CategoricalSummary:
         layout = self.layout
         index = layout.index
         fallback = layout.unseen_slot if layout.tail_complete else layout.other_slot
-        codes = np.fromiter((index.get(v, fallback) if v is not None else -1 for v in values),
-                            dtype=np.int64, count=len(values))
+        # map(index.get, values, repeat(fallback)) runs the lookups in C.
+        codes = np.fromiter(map(index.get, values, repeat(fallback)), dtype=np.int64,
+                            count=len(values))
         missing = codes < 0
         nulls = int(missing.sum())
         self.counts += np.bincount(codes[~missing], minlength=len(self.counts))

@@ -1,0 +1,137 @@
+"""`streamskew run --workers N` on a real broker: N processes, one verdict."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import orjson
+import pytest
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
+
+from streamskew import Detector
+from streamskew.kafka.workers import WorkerError, run_workers
+
+from .kafka_helpers import (
+    PARTITIONS,
+    create_topic,
+    event_ids,
+    produce,
+    read_all,
+    service_config,
+    skewed_stream,
+    training_baseline,
+    unique,
+    write_config,
+)
+
+pytestmark = pytest.mark.kafka
+
+
+@pytest.fixture(scope="module")
+def baseline():
+    return training_baseline()
+
+
+@pytest.fixture(scope="module")
+def stream():
+    return skewed_stream(bad_every=997)
+
+
+@pytest.fixture(scope="module")
+def topic(kafka_bootstrap, stream):
+    name = unique("requests")
+    create_topic(kafka_bootstrap, name)
+    produce(kafka_bootstrap, name, stream)
+    return name
+
+
+def test_two_workers_publish_the_same_events_as_detect(kafka_bootstrap, topic, stream,
+                                                       baseline):
+    config = service_config(kafka_bootstrap, topic, unique("workers"))
+    detector = Detector(config, baseline)
+    expected = event_ids(detector.process(stream) + detector.flush())
+    assert expected, "the stream should raise alerts"
+    relayed = []
+    stats = run_workers(config, baseline, 2, until_end=True, on_event=relayed.append)
+    published = [orjson.loads(r.value) for r in read_all(kafka_bootstrap,
+                                                         config.kafka.alerts_topic)]
+    assert event_ids(published) == expected
+    assert event_ids(relayed) == expected == event_ids(stats.events)
+    assert stats.builders.records >= len(stream)  # a rebalance may make a worker re-read
+    assert stats.dead_letters == len(read_all(kafka_bootstrap, config.kafka.dlq_topic)) > 0
+
+
+def test_a_failing_worker_fails_the_run_with_its_reason(kafka_bootstrap, baseline):
+    config = service_config(kafka_bootstrap, unique("no-such-topic"), unique("workers"))
+    with pytest.raises(WorkerError, match=r"worker 0: RuntimeError: no source topic"):
+        run_workers(config, baseline, 2, until_end=True)
+
+
+def test_sigterm_to_the_parent_stops_every_worker_cleanly(kafka_bootstrap, baseline,
+                                                          tmp_path):
+    name = unique("requests")
+    create_topic(kafka_bootstrap, name)
+    messages = skewed_stream(minutes=4)
+    produce(kafka_bootstrap, name, messages)
+    config = service_config(kafka_bootstrap, name, unique("term"))
+    toml = write_config(tmp_path, kafka_bootstrap, name, config, baseline)
+    process = subprocess.Popen([sys.executable, "-m", "streamskew.cli", "run", "--config",
+                                str(toml), "--workers", "2"], stderr=subprocess.PIPE, text=True)
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap)
+        end = consumer.end_offsets([TopicPartition(name, p) for p in range(PARTITIONS)])
+        consumer.close()
+
+        def committed() -> dict:
+            group = config.kafka.group_id
+            try:
+                offsets = admin.list_group_offsets({group: None}).get(group, {})
+            except KafkaError:  # the group does not exist until a worker has joined
+                return {}
+            return {tp: meta.offset for tp, meta in offsets.items() if tp.topic == name}
+
+        deadline = time.monotonic() + 120
+        while committed() != end:
+            assert process.poll() is None, process.stderr.read()
+            assert time.monotonic() < deadline, f"offsets never reached the end: {committed()}"
+            time.sleep(0.2)  # polling an external process's progress, with a deadline
+        workers = _children(process.pid)
+        assert len(workers) >= 2
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+        assert committed() == end
+        assert f"records={len(messages)}" in process.stderr.read()
+        assert not [pid for pid in workers if _alive(pid)], "a worker outlived the parent"
+    finally:
+        admin.close()
+        if process.poll() is None:
+            process.kill()
+
+
+def _children(pid: int) -> list[int]:
+    """The worker processes of ``pid`` (Linux /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"  # zombie: exited
+    except OSError:
+        return False
