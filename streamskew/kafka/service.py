@@ -146,6 +146,7 @@ class DetectorService:
         self.targets: dict[TP, int] = {}
         self.joined_sources = self.joined_evaluator = False
         self._evaluator_due = 0  # checkpoints since the evaluator's last commit
+        self._windows_before = 0  # windows the restored evaluator had judged elsewhere
 
     # -- setup -------------------------------------------------------------------------------
 
@@ -482,6 +483,7 @@ class DetectorService:
             self.evaluator.restore(state)
             self.evaluator.windows = meta["windows"]
         self._committed_panes = None
+        self._windows_before = self.evaluator.windows  # judged by earlier owners
 
     def revoke_evaluator(self) -> None:
         if self.evaluator is None:
@@ -490,7 +492,7 @@ class DetectorService:
             self._commit_evaluator()
         except Exception:
             log.warning("evaluator checkpoint on revoke failed", exc_info=True)
-        self.stats.windows += self.evaluator.windows
+        self.stats.windows += self.evaluator.windows - self._windows_before
         self.evaluator = None
         self.evaluator_partitions = set()
         self.pending_events.clear()
@@ -525,7 +527,7 @@ class DetectorService:
             self.stats.builders.merge(source.builder.stats)
         self.sources.clear()
         if self.evaluator is not None:
-            self.stats.windows += self.evaluator.windows
+            self.stats.windows += self.evaluator.windows - self._windows_before
             self.evaluator = None
         for closer in (self.source_consumer.close, self.panes_consumer.close,
                        self.producer.close):
@@ -573,6 +575,9 @@ class _SourceListener(ConsumerRebalanceListener):
         self.service = service
 
     def on_partitions_revoked(self, revoked: list[TP]) -> None:
+        # Until the new assignment arrives (possibly polls later), "no partitions" does not
+        # mean "nothing left to do" for until_end.
+        self.service.joined_sources = False
         self.service.revoke_sources(list(revoked))
 
     def on_partitions_assigned(self, assigned: list[TP]) -> None:
@@ -585,6 +590,7 @@ class _EvaluatorListener(ConsumerRebalanceListener):
         self.service = service
 
     def on_partitions_revoked(self, revoked: list[TP]) -> None:
+        self.service.joined_evaluator = False  # as for the sources: wait for the assignment
         self.service.revoke_evaluator()
 
     def on_partitions_assigned(self, assigned: list[TP]) -> None:
