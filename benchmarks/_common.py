@@ -123,6 +123,16 @@ def interleaved(ours: Callable[[], object], reference: Callable[[], object], rou
     return timing
 
 
+def interleaved_sides(sides: dict[str, Callable[[], object]], rounds: int
+                      ) -> dict[str, list[float]]:
+    """Seconds per round of each side, timed in turn (A, B, C, A, B, C, ...); no warm-up."""
+    seconds: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(rounds):
+        for name, side in sides.items():
+            seconds[name].append(_timed(side))
+    return seconds
+
+
 # -- machine and versions ----------------------------------------------------------------------
 
 

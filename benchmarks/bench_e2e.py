@@ -9,11 +9,14 @@ minute 40 on, so the run also raises (and publishes) alerts.
 Timed, interleaved in one process (see benchmarks/_common.py), with a fresh consumer group
 (and, for streamskew, fresh internal topics: their names derive from the group) every round:
 
-- streamskew: ``DetectorService(config, baseline, until_end=True).run()`` in-process (window
-  15m, pane 1m, min_count default), timed from constructing the service to ``run()``
-  returning: topic checks/creation, both group joins, decode + fold, the exactly-once
-  transactions (panes, watermarks, checkpoints, offsets), the evaluator's windows and alerts,
-  the final flush and close.
+- streamskew, one process: ``DetectorService(config, baseline, until_end=True).run()``
+  in-process (window 15m, pane 1m, min_count default), timed from constructing the service
+  to ``run()`` returning: topic checks/creation, both group joins, decode + fold, the
+  exactly-once transactions (panes, watermarks, checkpoints, offsets), the evaluator's
+  windows and alerts, the final flush and close.
+- streamskew, ``--workers N`` (default: one per core, at most one per partition; the
+  headline): ``run_workers(...)``, which spawns N worker processes of the same consumer group
+  as ``streamskew run --workers N`` does; their start-up is timed too.
 - reference: a bare kafka-python ``KafkaConsumer`` (``group_id=None``, all partitions
   assigned, ``seek_to_beginning``) that polls and ``orjson.loads`` every value until it has
   consumed the end offsets known beforehand, then closes.
@@ -33,10 +36,11 @@ unless ``--bootstrap-servers`` or ``$STREAMSKEW_BOOTSTRAP`` names one; on such a
 broker the topics this script created are deleted at the end.
 
     python benchmarks/bench_e2e.py [--quick] [--no-record] [--rounds N] [--messages N]
-                                   [--bootstrap-servers HOST:PORT]
+                                   [--workers N] [--bootstrap-servers HOST:PORT]
 
-The last line printed is ``ratio_vs_bare_consumer=<x>``: streamskew messages/s / bare
-consumer messages/s (ratio of the median times).
+The last line printed is ``ratio_vs_bare_consumer=<x>``: streamskew (``--workers N``)
+messages/s / bare consumer messages/s (ratio of the median times); the line before it,
+``ratio_single_process=<x>``, is the same for one streamskew process.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -65,8 +69,9 @@ from kafka.record import util as kafka_util
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
+    Timing,
     append_results,
-    interleaved,
+    interleaved_sides,
     parse_args,
     print_header,
     rate,
@@ -76,6 +81,7 @@ from bench_decode import CATEGORICAL, NULL_RATE, NUMERIC
 
 from streamskew import Baseline, Config
 from streamskew.kafka.service import DetectorService, ServiceStats
+from streamskew.kafka.workers import run_workers
 
 PARTITIONS = 6
 START = 1_764_324_000_000  # 2025-11-28 10:00 UTC (the topic keeps it: retention.ms = -1)
@@ -331,15 +337,20 @@ def internal_topic_names(group: str) -> list[str]:
 
 
 def run_service(bootstrap: str, topic: str, baseline: Baseline, settings: dict[str, Any],
-                group: str) -> ServiceStats:
+                group: str, workers: int = 1) -> ServiceStats:
+    """One ``streamskew run --until-end [--workers N]``, in-process (the workers are spawned
+    processes, as the CLI makes them)."""
     config = service_config(bootstrap, topic, group, settings)
-    service = DetectorService(config, baseline, until_end=True,
-                              max_poll_records=settings["max_poll_records"])
     stop = threading.Event()  # only a safety net: a dead broker must not hang the run
     timer = threading.Timer(RUN_TIMEOUT_S, stop.set)
     timer.start()
     try:
-        stats = service.run(stop=stop)
+        if workers > 1:
+            stats = run_workers(config, baseline, workers, stop, until_end=True,
+                                max_poll_records=settings["max_poll_records"])
+        else:
+            stats = DetectorService(config, baseline, until_end=True,
+                                    max_poll_records=settings["max_poll_records"]).run(stop)
     finally:
         timer.cancel()
     if stop.is_set():
@@ -396,6 +407,10 @@ def main() -> None:
     def extra(parser: Any) -> None:
         parser.add_argument("--messages", type=int, default=None,
                             help="messages in the topic (default 1,000,000; --quick: 100,000)")
+        parser.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, PARTITIONS),
+                            help="streamskew worker processes of the headline row (default: "
+                            "one per core, at most one per partition); a 1-process row is "
+                            "always timed too")
         parser.add_argument("--bootstrap-servers", default=os.environ.get("STREAMSKEW_BOOTSTRAP"),
                             help="use this broker instead of starting a LocalKafka "
                             "(default: $STREAMSKEW_BOOTSTRAP)")
@@ -418,6 +433,7 @@ def main() -> None:
         "kafka-python": metadata.version("kafka-python"),
         "crc32c (C)": _version("crc32c") if C_CRC32C else "not installed",
         "streamskew source": _source_revision(),
+        "streamskew workers (headline)": args.workers,
     }
     print_header("bench_e2e: streamskew run --until-end (DetectorService) vs bare KafkaConsumer",
                  params)
@@ -502,61 +518,80 @@ def _benchmark(args: Any, n: int, bootstrap: str, params: dict[str, Any],
     run_service(bootstrap, warm, baseline, settings, group)
     bare_consumer(bootstrap, warm, settings, warm_n)
 
-    last: list[ServiceStats] = []
-    service_seconds: list[float] = []
-    transactions: list[int] = []
+    last: dict[str, ServiceStats] = {}
+    transactions: dict[str, list[int]] = {}
 
-    def ours() -> None:
-        group = _unique("bench-e2e-g")
-        created.extend(internal_topic_names(group))
-        start = time.perf_counter()
-        stats = run_service(bootstrap, topic, baseline, settings, group)
-        service_seconds.append(time.perf_counter() - start)
-        assert stats.builders.records == n and stats.builders.accepted == n, stats.builders
-        last[:] = [stats]
-        transactions.append(stats.transactions)
-        print(f"    streamskew run: {service_seconds[-1]:.2f} s ({rate(n, service_seconds[-1])}),"
-              f" {stats.transactions} transactions, {stats.windows} windows, "
-              f"{len(stats.events)} events", flush=True)
+    def ours(workers: int) -> Callable[[], None]:
+        label = _label(workers)
+
+        def side() -> None:
+            group = _unique("bench-e2e-g")
+            created.extend(internal_topic_names(group))
+            start = time.perf_counter()
+            stats = run_service(bootstrap, topic, baseline, settings, group, workers)
+            seconds = time.perf_counter() - start
+            # Every record folded: a rebalance between workers may make one re-read a few.
+            assert stats.builders.accepted >= n and stats.builders.records >= n, stats.builders
+            last[label] = stats
+            transactions.setdefault(label, []).append(stats.transactions)
+            print(f"    {label}: {seconds:.2f} s ({rate(n, seconds)}), {stats.transactions} "
+                  f"transactions, {stats.windows} windows, {len(stats.events)} events",
+                  flush=True)
+        return side
 
     def reference() -> None:
         start = time.perf_counter()
         assert bare_consumer(bootstrap, topic, settings, n) == n
         seconds = time.perf_counter() - start
-        print(f"    bare consumer : {seconds:.2f} s ({rate(n, seconds)})", flush=True)
+        print(f"    bare consumer: {seconds:.2f} s ({rate(n, seconds)})", flush=True)
 
-    timing = interleaved(ours, reference, args.rounds, warmup=0)
-    stats = last[0]
-    low, high = timing.ratio_range
+    counts = sorted({1, args.workers})
+    sides: dict[str, Callable[[], None]] = {_label(w): ours(w) for w in counts}
+    seconds = interleaved_sides({**sides, "bare": reference}, args.rounds)
+    timings = {label: Timing(seconds[label], seconds["bare"]) for label in sides}
 
-    headers = ["messages", "streamskew run", "bare KafkaConsumer", "ratio", "ratio range"]
-    rows = [[f"{n:,} ({PARTITIONS} partitions)", rate(n, timing.ours_median),
-             rate(n, timing.reference_median), f"{timing.ratio:.2f}", f"{low:.2f}..{high:.2f}"]]
+    headers = ["messages", "streamskew", "messages/s", "bare KafkaConsumer", "ratio",
+               "ratio range"]
+    rows = []
+    for label, timing in timings.items():
+        low, high = timing.ratio_range
+        rows.append([f"{n:,} ({PARTITIONS} partitions)", label, rate(n, timing.ours_median),
+                     rate(n, timing.reference_median), f"{timing.ratio:.2f}",
+                     f"{low:.2f}..{high:.2f}"])
     print()
     print(text_table(headers, rows))
-    print(f"\n  messages/s: streamskew {n / timing.ours_median:,.0f}, bare consumer "
-          f"{n / timing.reference_median:,.0f}")
-    print("  seconds per round: streamskew " + ", ".join(f"{s:.2f}" for s in timing.ours)
-          + "; bare " + ", ".join(f"{s:.2f}" for s in timing.reference))
+    print("\n  seconds per round: " + "; ".join(
+        f"{label} " + ", ".join(f"{s:.2f}" for s in values) for label, values in seconds.items()))
     print()
     print(text_table(["bare consumer settings tried", "settings", "messages/s per pass",
                       "best"], tuning_rows))
 
+    headline = _label(args.workers)
     notes = [
         "Throughput = messages / median seconds per run; ratio = streamskew messages/s / bare "
-        "consumer messages/s (target >= 0.8).",
-        "streamskew side: `DetectorService(config, baseline, until_end=True, "
-        "max_poll_records=...).run()` in-process, fresh group id and fresh internal topics "
-        "each round, timed from construction to `run()` returning (topic creation, group "
-        "joins, transactions, commits, evaluator flush, close). Reference: bare "
-        "`KafkaConsumer(group_id=None)`, all partitions assigned, seek_to_beginning, "
-        "`orjson.loads` of every value until the end offsets, close.",
-        f"Seconds per round: streamskew {', '.join(f'{s:.2f}' for s in timing.ours)}; "
-        f"bare {', '.join(f'{s:.2f}' for s in timing.reference)}. Warm-up: one untimed run "
-        f"of each side on a {warm_n:,}-message topic.",
-        f"streamskew transactions per round: {', '.join(map(str, transactions))}; last "
-        f"round: {stats.windows} windows judged, {len(stats.events)} events published, "
-        f"{stats.builders.late} late records.",
+        f"consumer messages/s (target >= 0.8). Headline (`ratio_vs_bare_consumer`): "
+        f"`{headline}`.",
+        "streamskew side: `streamskew run --until-end [--workers N]` in-process: "
+        "`DetectorService(config, baseline, until_end=True, max_poll_records=...).run()` for "
+        "one process; `run_workers(config, baseline, N, until_end=True, ...)` for N, which "
+        "spawns N worker processes (each a full DetectorService of the same consumer group, "
+        "as the CLI does), so their start-up (imports, numba cache load) is timed too. Fresh "
+        "group id and fresh internal topics each round, timed from construction to the "
+        "return (topic creation, group joins and rebalances, transactions, commits, "
+        "evaluator flush, close). Reference: one bare `KafkaConsumer(group_id=None)`, all "
+        "partitions assigned, seek_to_beginning, `orjson.loads` of every value until the "
+        "end offsets, close. The bare consumer is one process; `--workers N` uses N "
+        f"processes on this {os.cpu_count()}-core machine, which also hosts the broker.",
+        "Seconds per round: " + "; ".join(f"{label} " + ", ".join(f"{s:.2f}" for s in values)
+                                          for label, values in seconds.items())
+        + f". Warm-up: one untimed single-process run and one bare run on a {warm_n:,}-message"
+        " topic.",
+        "streamskew transactions per round: " + "; ".join(
+            f"{label} " + ", ".join(map(str, values)) for label, values in transactions.items())
+        + "; last round: " + "; ".join(
+            f"{label}: {st.windows} windows judged, {len(st.events)} events published, "
+            f"{st.builders.late} late records, {st.builders.records:,} records read"
+            for label, st in last.items()) + ".",
         f"Bare consumer settings tried (two passes on the first {tune_n:,} messages, best "
         "of the two): " + "; ".join(f"{r[0]}: {r[3]}" for r in tuning_rows) + ". "
         + tuning_note,
@@ -569,7 +604,13 @@ def _benchmark(args: Any, n: int, bootstrap: str, params: dict[str, Any],
     if not args.no_record:
         append_results("bench_e2e: streamskew run --until-end vs bare KafkaConsumer", params,
                        headers, rows, notes)
-    return timing.ratio
+    if args.workers != 1:
+        print(f"ratio_single_process={timings[_label(1)].ratio:.2f}")
+    return timings[headline].ratio
+
+
+def _label(workers: int) -> str:
+    return "run (1 process)" if workers == 1 else f"run --workers {workers}"
 
 
 def _version(package: str) -> str:
