@@ -75,6 +75,32 @@ def test_whole_corpus_in_one_batch_loses_nothing():
     assert columns.count == 2 + used
 
 
+def test_a_batch_spanning_several_parse_chunks_equals_its_messages_one_by_one():
+    """Decoding parses and picks columns chunk by chunk (PARSE_CHUNK messages): the rows,
+    positions, bad records and new-feature masks of a long batch are exactly those of its
+    messages decoded alone, whichever chunk a problem or a new key falls in."""
+    from streamskew.records import PARSE_CHUNK
+
+    n = 2 * PARSE_CHUNK + 77
+    bad_at = {3: BAD_CORPUS[0][0], PARSE_CHUNK: BAD_CORPUS[13][0], n - 1: BAD_CORPUS[4][0]}
+    batch = [bad_at.get(i, good(i)) for i in range(n)]
+    batch[PARSE_CHUNK + 5] = orjson.dumps({"timestamp": 1, "features": {"amount": 1.0,
+                                                                        "late_key": 1}})
+    decoder = Decoder(MessageConfig(), SCHEMA)
+    columns, bad = decoder.decode(batch)
+    assert [(b.position, b.reason) for b in bad] == [
+        (3, BAD_CORPUS[0][1]), (n - 1, BAD_CORPUS[4][1]), (PARSE_CHUNK, BAD_CORPUS[13][1])]
+    alone = [decoder.decode([m])[0] for m in batch]
+    kept = [i for i, c in enumerate(alone) if c.count]
+    assert columns.positions.tolist() == kept
+    np.testing.assert_array_equal(columns.numeric["amount"],  # NaN where invalid, as alone
+                                  [alone[i].numeric["amount"][0] for i in kept])
+    assert columns.invalid["amount"].tolist() == [alone[i].invalid["amount"][0] for i in kept]
+    assert columns.timestamps.tolist() == [alone[i].timestamps[0] for i in kept]
+    assert np.flatnonzero(columns.new_features["late_key"]).tolist() == [
+        kept.index(PARSE_CHUNK + 5)]
+
+
 def test_columns_values_missing_and_types():
     decoder = Decoder(MessageConfig(), SCHEMA)
     columns, bad = decoder.decode([

