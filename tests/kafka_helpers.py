@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
 from streamskew import Baseline, Config
+from streamskew.kafka.topics import TopicSpec, ensure_topics, internal_topics
 
 START = 1_764_324_000_000
 PARTITIONS = 6
+# Records are stamped with their event time (from START, 2025-11-28), and alerts with their
+# window's end: once those are older than a topic's retention.ms (the broker's default is 7
+# days), the broker's periodic retention check (every 5 minutes) deletes them, in the middle
+# of a test. Every topic the tests read is therefore kept without a time limit.
+KEEP = {"retention.ms": "-1"}
 
 
 def unique(prefix: str) -> str:
@@ -57,33 +64,49 @@ def event_time(message: bytes) -> int | None:
 def create_topic(bootstrap: str, name: str, partitions: int = PARTITIONS) -> None:
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
-        admin.create_topics({name: {"num_partitions": partitions}}, wait_for_metadata=True)
+        admin.create_topics({name: {"num_partitions": partitions, "configs": KEEP}},
+                            wait_for_metadata=True)
     finally:
         admin.close()
 
 
 def produce(bootstrap: str, topic: str, messages: Iterable[bytes],
-            partitions: int = PARTITIONS) -> None:
-    """Round-robin over partitions, record timestamp = event time (previous one if none)."""
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20)
+            partitions: int = PARTITIONS, transactional_id: str | None = None) -> None:
+    """Round-robin over partitions, record timestamp = event time (previous one if none).
+    With ``transactional_id``, in one committed transaction: every partition then ends with
+    a commit marker, an offset that holds no record a consumer returns."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20,
+                             transactional_id=transactional_id)
+    if transactional_id:
+        producer.init_transactions()
+        producer.begin_transaction()
     last = START
     for i, message in enumerate(messages):
         last = event_time(message) or last
         producer.send(topic, value=message, partition=i % partitions, timestamp_ms=last)
+    if transactional_id:
+        producer.commit_transaction()
     producer.flush()
     producer.close()
 
 
 def read_all(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list:
-    """Every committed record of a topic, up to its end offsets now."""
+    """Every committed record of a topic, up to its end offsets now.
+
+    The end is the high watermark, not the read_committed end offset (the last stable
+    offset): a transaction still open there, e.g. a killed replica's until the broker aborts
+    it, hides every record after it, including those its successor committed. Reading on
+    until the position passes the high watermark waits for such transactions to end."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed",
                              enable_auto_commit=False, group_id=None)
+    watermarks = KafkaConsumer(bootstrap_servers=bootstrap,
+                               isolation_level="read_uncommitted")
     try:
         partitions = [TopicPartition(topic, p)
                       for p in sorted(consumer.partitions_for_topic(topic) or ())]
         consumer.assign(partitions)
         consumer.seek_to_beginning(*partitions)
-        end = consumer.end_offsets(partitions)
+        end = watermarks.end_offsets(partitions)
         records = []
         deadline = time.monotonic() + timeout_s
         while any(consumer.position(tp) < end[tp] for tp in partitions):
@@ -93,16 +116,29 @@ def read_all(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list:
         return records
     finally:
         consumer.close()
+        watermarks.close()
 
 
-def service_config(bootstrap: str, topic: str, group: str, **window: str) -> Config:
-    return Config.from_dict({
+def service_config(bootstrap: str, topic: str, group: str,
+                   client: Mapping[str, Any] | None = None, **window: str) -> Config:
+    """A service's config (``client``: kafka-python settings passed through), its own topics
+    created ahead of it as it would create them, but kept without a time limit (see KEEP)."""
+    config = Config.from_dict({
         "window": {"size": "4m", "pane": "1m", "allowed_lateness": "2s", **window},
         "detect": {"min_count": 300},
         "kafka": {"bootstrap_servers": bootstrap, "topics": [topic], "group_id": group,
                   "alerts_topic": f"{group}.alerts", "dlq_topic": f"{group}.dlq",
-                  "panes_topic": f"{group}.panes", "state_topic": f"{group}.state"},
+                  "panes_topic": f"{group}.panes", "state_topic": f"{group}.state",
+                  **(client or {})},
     })
+    specs = [TopicSpec(s.name, s.partitions, {**s.configs, **KEEP})
+             for s in internal_topics(config.kafka)]
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        ensure_topics(admin, specs)
+    finally:
+        admin.close()
+    return config
 
 
 def event_ids(events: Iterable) -> list[str]:

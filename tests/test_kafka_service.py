@@ -13,11 +13,12 @@ import pytest
 from click.testing import CliRunner
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
 
 from streamskew import Detector
 from streamskew.cli import main
 from streamskew.kafka.replay import replay
-from streamskew.kafka.service import DetectorService
+from streamskew.kafka.service import DetectorService, ServiceStats, source_name
 
 from .kafka_helpers import (
     START,
@@ -238,29 +239,96 @@ def test_metrics_endpoint_reports_records_scores_and_events(kafka_bootstrap, top
     assert lags and all(line.endswith(" 0.0") for line in lags)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known, intermittent: after a SIGKILL the restarted service sometimes never receives "
-    "fetches for one partition whose dead transaction held pending offsets (seen with "
-    "kafka-python 3.0.12); bounded to 180 s here so it cannot hang the suite"))
+def _run_until_end(service: DetectorService, timeout_s: float) -> ServiceStats:
+    """``service.run()`` (until_end) in a thread; fails the test if it has not ended within
+    ``timeout_s`` (the service is then stopped, so it cannot hang the suite)."""
+    stop = threading.Event()
+    outcome: dict = {}
+
+    def run():
+        try:
+            outcome["stats"] = service.run(stop)
+        except BaseException as exc:  # surfaced below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(timeout=timeout_s)
+    finished = not thread.is_alive()
+    progress = {source_name(tp): (s.position, service.targets.get(tp), s.final)
+                for tp, s in list(service.sources.items())}
+    stop.set()
+    thread.join(timeout=60)
+    assert finished, (f"the service did not finish within {timeout_s} s; "
+                      f"(position, end offset, final) per partition: {progress}")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["stats"]
+
+
+def test_until_end_finishes_when_partitions_end_in_transaction_markers(kafka_bootstrap,
+                                                                        baseline):
+    """A topic written in transactions ends, in every partition, with a commit marker: the
+    end offset is one past the last record the consumer returns."""
+    name = unique("requests")
+    create_topic(kafka_bootstrap, name)
+    messages = skewed_stream()
+    produce(kafka_bootstrap, name, messages, transactional_id=unique("upstream"))
+    config = service_config(kafka_bootstrap, name, unique("markers"))
+    stats = _run_until_end(DetectorService(config, baseline, until_end=True), 120)
+    assert stats.builders.records == len(messages)
+    alerts = read_all(kafka_bootstrap, config.kafka.alerts_topic)
+    assert event_ids(orjson.loads(r.value) for r in alerts) == \
+        event_ids(offline_events(config, baseline, messages))
+
+
+def test_until_end_finishes_when_unread_records_were_deleted(kafka_bootstrap, baseline):
+    """Records deleted (retention, delete-records) before the group read them: the committed
+    offset is out of range, the consumer resets to the log start, here the end, and returns
+    nothing more for the partition. It is at the end all the same."""
+    name = unique("requests")
+    create_topic(kafka_bootstrap, name, partitions=2)
+    messages = skewed_stream(minutes=4)
+    produce(kafka_bootstrap, name, messages, partitions=2)
+    config = service_config(kafka_bootstrap, name, unique("deleted"))
+    gone = TopicPartition(name, 0)
+    committer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False,
+                              group_id=config.kafka.group_id)
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        committer.commit({gone: OffsetAndMetadata(10, "", -1)})
+        admin.delete_records({gone: committer.end_offsets([gone])[gone]})
+    finally:
+        committer.close()
+        admin.close()
+    stats = _run_until_end(DetectorService(config, baseline, until_end=True), 120)
+    assert stats.builders.records == len(messages[1::2])  # partition 1's, all of them
+
+
+@pytest.mark.parametrize("restart_id", ["same", "other"])
 def test_a_crash_and_restart_neither_loses_nor_repeats_an_event(kafka_bootstrap, baseline,
-                                                                tmp_path):
+                                                                tmp_path, restart_id):
     """SIGKILL mid-stream (no clean shutdown), then a fresh process finishes the job: the
-    committed alerts are exactly those of an uninterrupted run, each once."""
+    committed alerts are exactly those of an uninterrupted run, each once. The new process
+    has the killed one's transactional id (a restarted pod: its open transaction is aborted
+    at once) or another one (a new replica: the broker aborts it only after the killed one's
+    transaction_timeout_ms, and its pending offsets and records hold the partitions back
+    until then)."""
     name = unique("requests")
     create_topic(kafka_bootstrap, name)
     messages = skewed_stream(minutes=40, per_second=25, shift_from=20)
     produce(kafka_bootstrap, name, messages)
-    config = service_config(kafka_bootstrap, name, unique("crash"))
-    # The killed replica's open transaction is aborted by the broker after this timeout
-    # (a restart under the same transactional id would abort it at once).
+    group = unique("crash")
+    killed_id = f"{group}-first"
+    config = service_config(kafka_bootstrap, name, group, client={
+        "transactional_id": killed_id if restart_id == "same" else f"{group}-second"})
     toml = write_config(tmp_path, kafka_bootstrap, name, config, baseline,
-                         "transaction_timeout_ms = 10000\n")
+                        f'transaction_timeout_ms = 10000\ntransactional_id = "{killed_id}"\n')
     process = subprocess.Popen([sys.executable, "-m", "streamskew.cli", "run", "--config",
                                 str(toml), "--checkpoint-interval", "200ms"],
                                stderr=subprocess.DEVNULL)
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     try:
-        group = config.kafka.group_id
         deadline = time.monotonic() + 120
         while True:  # wait for some, not all, offsets to be committed
             try:
@@ -279,15 +347,7 @@ def test_a_crash_and_restart_neither_loses_nor_repeats_an_event(kafka_bootstrap,
         if process.poll() is None:
             process.kill()
     assert done < len(messages), "the first run finished before it could be killed"
-    stop = threading.Event()
-    restart = threading.Thread(target=DetectorService(config, baseline, until_end=True).run,
-                               args=(stop,))
-    restart.start()
-    restart.join(timeout=180)
-    finished = not restart.is_alive()
-    stop.set()  # a stuck restart still shuts down cleanly
-    restart.join(timeout=60)
-    assert finished, "the restarted service did not finish within 180 s"
+    _run_until_end(DetectorService(config, baseline, until_end=True), 180)
     alerts = [orjson.loads(r.value) for r in read_all(kafka_bootstrap, config.kafka.alerts_topic)]
     ids = [e["event_id"] for e in alerts]
     assert len(ids) == len(set(ids)), "an event was published twice"

@@ -18,7 +18,10 @@ checkpointed before it moves; a newly assigned one is restored from the state to
 
 With ``until_end`` the service stops once it has caught up with the end offsets it saw at
 start: every source partition is then sealed ("final"), the evaluator flushes, and the
-process exits. SIGTERM/SIGINT finish the current batch, commit, and leave the group.
+process exits. "Caught up" is judged by the consumer's fetch position, not by the last record
+it returned: the end offset may lie past offsets that hold no record to return (a transaction
+marker, aborted records, records deleted by retention before they were read).
+SIGTERM/SIGINT finish the current batch, commit, and leave the group.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from typing import Any
 import orjson
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as TP
+from kafka.errors import IllegalStateError
 from kafka.structs import OffsetAndMetadata
 
 from ..baseline import Baseline
@@ -226,7 +230,28 @@ class DetectorService:
                 continue
             self._feed(source, records)
         for source in self.sources.values():
+            self._advance(source)
             self._maybe_finish(source)
+
+    def _advance(self, source: _Source) -> None:
+        """Take the consumer's fetch position as the source's position. It is past every
+        record the consumer returned, and also past offsets that returned none: transaction
+        markers and aborted records (read_committed skips them), and records deleted by
+        retention before they were read (the fetch is out of range and the consumer resets).
+        The last record's offset + 1 alone can stay short of the end offset for good."""
+        position = self._fetch_position(source.tp)
+        if position is not None and position != source.position:
+            source.position = position
+            source.dirty = True  # the new offset goes with the next checkpoint
+
+    def _fetch_position(self, tp: TP) -> int | None:
+        """The consumer's position for ``tp``, or None while it has none yet. Never blocks:
+        a partition that is still waiting for its committed offset (e.g. held back by a dead
+        replica's pending transactional offsets) must not stall the loop."""
+        try:
+            return self.source_consumer.position(tp, timeout_ms=0)
+        except IllegalStateError:  # no longer assigned (a rebalance is under way)
+            return None
 
     def _feed(self, source: _Source, records: list[Any]) -> None:
         tp = source.tp
@@ -248,15 +273,12 @@ class DetectorService:
             self.metrics.records(tp.topic, len(records))
 
     def _maybe_finish(self, source: _Source) -> None:
-        """until_end: a partition that reached its end offset is sealed for good."""
+        """until_end: a partition whose position reached its end offset is sealed for good."""
         if not self.until_end or source.final:
             return
         target = self.targets.get(source.tp)
         position = source.position
-        if position is None:
-            position = self.source_consumer.position(source.tp)
-            source.position = position
-        if target is not None and position >= target:
+        if target is not None and position is not None and position >= target:
             self.pending_panes.extend((source_name(source.tp), s)
                                       for s in source.builder.seal_all())
             source.final = True
@@ -445,13 +467,16 @@ class DetectorService:
         for key, tp in keys.items():
             builder = PaneBuilder(self.config, self.baselines)
             final = False
+            position = None
             if key in saved:
                 header, _, state = saved[key].partition(b"\n")
                 meta = orjson.loads(header)
                 final = meta["final"]
                 builder.restore(state)
-                _resume(self.source_consumer, tp, meta.get("position"))
-            self.sources[tp] = _Source(tp, builder, final)
+                position = meta.get("position")
+                _resume(self.source_consumer, tp, position)
+            self.sources[tp] = source = _Source(tp, builder, final)
+            source.position = position  # what the checkpoint says; not new, so not dirty
         log.info("assigned %s", ", ".join(map(source_name, partitions)))
 
     def revoke_sources(self, partitions: list[TP]) -> None:
