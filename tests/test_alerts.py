@@ -29,6 +29,8 @@ from streamskew.kafka.alerts import (
 )
 from streamskew.timeparse import format_time
 
+from .kafka_helpers import KEEP
+
 pytestmark = pytest.mark.kafka
 
 DEADLINE_S = 60.0
@@ -43,8 +45,9 @@ def _unique(prefix: str) -> str:
 def _create_topic(bootstrap: str, topic: str, partitions: int = 3) -> None:
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="streamskew-test-admin")
     try:
-        admin.create_topics({topic: {"num_partitions": partitions, "replication_factor": 1}},
-                            wait_for_metadata=True)
+        # KEEP: the records are stamped 2025, older than the broker's default retention.
+        admin.create_topics({topic: {"num_partitions": partitions, "replication_factor": 1,
+                                     "configs": KEEP}}, wait_for_metadata=True)
     finally:
         admin.close()
 

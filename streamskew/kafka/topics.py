@@ -13,6 +13,7 @@ from ..config import KafkaConfig
 
 __all__ = ["TopicSpec", "ensure_topics", "internal_topics", "source_topics"]
 
+ALERTS_BYTES = 1024**3  # per partition
 DAY_MS = 86_400_000
 
 
@@ -24,10 +25,17 @@ class TopicSpec:
 
 
 def internal_topics(kafka: KafkaConfig) -> list[TopicSpec]:
-    """Alerts and dead letters are for people (kept 30 / 7 days); panes are a short-lived
-    hand-over between the two stages; state is compacted (latest checkpoint per key)."""
+    """Alerts and dead letters are for people; panes are a short-lived hand-over between
+    the two stages; state is compacted (latest checkpoint per key).
+
+    Alerts carry their window's end as record timestamp (``alerts --since`` reads event
+    time), and time-based retention judges records by that timestamp: alerts that
+    ``replay --publish`` made for last month's data would be deleted at the broker's next
+    retention check. So alerts are kept by size instead (1 GiB per partition, years of
+    alerts); dead letters, stamped when written, are kept 7 days."""
     return [
-        TopicSpec(kafka.alerts_topic, 3, {"retention.ms": str(30 * DAY_MS)}),
+        TopicSpec(kafka.alerts_topic, 3, {"retention.ms": "-1",
+                                          "retention.bytes": str(ALERTS_BYTES)}),
         TopicSpec(kafka.dlq_topic, 3, {"retention.ms": str(7 * DAY_MS)}),
         # One partition: every model's partial panes meet in one evaluator, so N replicas
         # give one verdict. (More partitions spread models over evaluators.)
