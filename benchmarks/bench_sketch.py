@@ -121,10 +121,10 @@ def main() -> None:
         "streamskew side per timed call: `s = layout.empty(); s.update(values)`; "
         f"reference: `kll_doubles_sketch(k={KLL_K}).update(values)`.",
         f"Headline (`ratio_vs_kll`) = the `{HEADLINE}` row.",
-        "`narrow` is the known slow case (not the headline): the whole training range sits "
-        "inside one quantile bucket (1% relative width), so the bucket lookup does not narrow "
-        "the per-value binary search: it runs over all 101 edges (~7 data-dependent "
-        "comparisons) instead of ~1.4 candidates (`amounts` row).",
+        "`narrow`: the whole training range sits inside one quantile bucket (1% relative "
+        "width), so a bucket would leave all 101 edges as candidates of the per-value binary "
+        "search; such a layout brackets the bin with a uniform grid over the edges instead "
+        "(NumericLayout.use_grid), ~1-2 candidates like the other rows.",
     ]
     if not args.no_record:
         append_results("bench_sketch: NumericSummary.update vs datasketches KLL", params,

@@ -256,6 +256,9 @@ def _edge_cases() -> dict[str, np.ndarray]:
         "adjacent_floats": np.unique(np.concatenate([normal_edges,
                                                      np.nextafter(normal_edges, np.inf)])),
         "two_edges": np.array([-3.0, 7.0]),
+        # Epoch seconds over a day: 1.76e9 +- 1e-5 relative, quantile-spaced edges.
+        "epoch_seconds": np.unique(np.round(np.quantile(
+            1.764e9 + rng.gamma(2.0, 9000.0, 5_000), np.linspace(0, 1, 101)), 3)),
     }
 
 
@@ -280,6 +283,17 @@ def test_bin_counts_match_histogram(case: str) -> None:
     summary = summarize(NumericLayout.from_edges(edges), values)
     np.testing.assert_array_equal(summary.bins, histogram_slots(edges, values))
     assert summary.bins.sum() == summary.count == np.count_nonzero(~np.isnan(values))
+
+
+def test_edges_crowded_into_few_quantile_buckets_use_the_uniform_grid() -> None:
+    """A narrow range far from zero puts every edge into one or two 1%-wide quantile
+    buckets; the layout then brackets bins with a uniform grid (1-2 candidates instead of
+    all edges). Spread-out edges keep the quantile buckets. Either way the counts are exact
+    (test_bin_counts_match_histogram covers every case in both modes)."""
+    modes = {case: NumericLayout.from_edges(edges).use_grid
+             for case, edges in EDGE_CASES.items()}
+    assert modes["tiny_relative_range"] and modes["epoch_seconds"]
+    assert not (modes["negative"] or modes["across_zero"] or modes["adjacent_floats"])
 
 
 def test_bin_counts_on_a_baseline_layout() -> None:

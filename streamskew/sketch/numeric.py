@@ -31,13 +31,14 @@ from .quantiles import QuantileLayout
 
 __all__ = ["NumericLayout", "NumericSummary"]
 
+GRID_CELLS_PER_EDGE = 4  # uniform-grid lookup: cells per bin edge
 _FRACTION_MASK = (1 << 52) - 1
 _TWO_POW_MINUS_52 = 2.0**-52
 
 
 @numba.njit(cache=True, nogil=True)
 def _update(values, bits, edges, first_bin, last_bin, bins, quantiles, moments, multiplier,
-            key_min, buckets):
+            key_min, buckets, use_grid, grid_first, grid_last, grid_origin, grid_scale):
     """Fold ``values`` into the pane; returns how many were NaN (missing or invalid)."""
     nan = 0
     total = 0.0
@@ -45,7 +46,9 @@ def _update(values, bits, edges, first_bin, last_bin, bins, quantiles, moments, 
     low = moments[2]
     high = moments[3]
     last = edges.shape[0] - 1
+    first_edge = edges[0]
     top_edge = edges[last]
+    cells = grid_first.shape[0]
     zero_slot = buckets
     for i in range(values.shape[0]):
         v = values[i]
@@ -68,10 +71,22 @@ def _update(values, bits, edges, first_bin, last_bin, bins, quantiles, moments, 
                 key = buckets - 1
             slot = zero_slot + 1 + key if v > 0 else zero_slot - 1 - key
         quantiles[slot] += 1
-        # Bin = number of edges <= v. The slot brackets it (usually to one or two
-        # candidates), so the search is short; the top edge closes the last bin.
-        lo = first_bin[slot]
-        n = last_bin[slot] - lo
+        # Bin = number of edges <= v. The slot (or, for a narrow range of edges, the
+        # uniform grid) brackets it, usually to one or two candidates, so the search is
+        # short; the top edge closes the last bin.
+        if not use_grid:
+            lo = first_bin[slot]
+            n = last_bin[slot] - lo
+        elif v < first_edge:
+            lo = 0
+            n = 0
+        elif v > top_edge:
+            lo = last + 1
+            n = 0
+        else:
+            cell = min(int((v - grid_origin) * grid_scale), cells - 1)
+            lo = grid_first[cell]
+            n = grid_last[cell] - lo
         while n > 0:
             half = n >> 1
             if edges[lo + half] <= v:
@@ -98,15 +113,49 @@ class NumericLayout:
     # Per quantile slot, the range of "number of edges <= v" its values can have.
     first_bin: np.ndarray = field(init=False, repr=False, compare=False)
     last_bin: np.ndarray = field(init=False, repr=False, compare=False)
+    # The same per cell of a uniform grid over [edges[0], edges[-1]], used instead when the
+    # edges crowd into few quantile slots (a narrow range far from zero: 1000 +- 0.001,
+    # epoch timestamps), where a slot would leave dozens of candidates.
+    use_grid: bool = field(init=False, repr=False, compare=False)
+    grid_first: np.ndarray = field(init=False, repr=False, compare=False)
+    grid_last: np.ndarray = field(init=False, repr=False, compare=False)
+    grid_origin: float = field(init=False, repr=False, compare=False)
+    grid_scale: float = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        edges = self.edges
         values = self.quantile_layout.slot_values
         # Slot s holds values between the answers of slots s-1 and s+1 (widened by one
         # slot on each side so float rounding at a bucket boundary cannot escape it).
         below = np.concatenate([[-np.inf, -np.inf], values[:-2]])
         above = np.concatenate([values[2:], [np.inf, np.inf]])
-        object.__setattr__(self, "first_bin", np.searchsorted(self.edges, below, "left"))
-        object.__setattr__(self, "last_bin", np.searchsorted(self.edges, above, "right"))
+        first_bin = np.searchsorted(edges, below, "left")
+        last_bin = np.searchsorted(edges, above, "right")
+        object.__setattr__(self, "first_bin", first_bin)
+        object.__setattr__(self, "last_bin", last_bin)
+
+        origin, span = float(edges[0]), float(edges[-1] - edges[0])
+        cells = GRID_CELLS_PER_EDGE * len(edges)
+        scale = cells / span if span > 0 and math.isfinite(cells / span) else 0.0
+        # Cell c holds [origin + c / scale, origin + (c + 1) / scale), widened by one cell
+        # each side against rounding in the cell computation, as the slots are.
+        bounds = origin + (np.arange(-1, cells + 2) / scale if scale else np.zeros(cells + 3))
+        bounds[0], bounds[-1] = -np.inf, np.inf
+        grid_first = np.searchsorted(edges, bounds[:-3], "left")
+        grid_last = np.searchsorted(edges, bounds[3:], "right")
+        # Pick the bracket that leaves fewer candidates, judged at the bin midpoints.
+        middles = (edges[:-1] + edges[1:]) / 2 if len(edges) > 1 else edges
+        slots = np.searchsorted(values, middles).clip(0, len(values) - 1)
+        by_slot = float(np.mean(last_bin[slots] - first_bin[slots]))
+        use_grid = False
+        if scale:
+            cell = np.minimum(((middles - origin) * scale).astype(np.int64), cells - 1)
+            use_grid = 2 * float(np.mean(grid_last[cell] - grid_first[cell])) < by_slot
+        object.__setattr__(self, "use_grid", use_grid)
+        object.__setattr__(self, "grid_first", grid_first)
+        object.__setattr__(self, "grid_last", grid_last)
+        object.__setattr__(self, "grid_origin", origin)
+        object.__setattr__(self, "grid_scale", scale)
 
     @classmethod
     def from_edges(cls, edges: np.ndarray, quantile_layout: QuantileLayout | None = None
@@ -150,7 +199,9 @@ class NumericSummary:
         layout = self.layout
         nan = _update(values, values.view(np.int64), layout.edges, layout.first_bin,
                       layout.last_bin, self.bins,
-                      self.quantiles, self.moments, q.multiplier, q.key_min, q.buckets)
+                      self.quantiles, self.moments, q.multiplier, q.key_min, q.buckets,
+                      layout.use_grid, layout.grid_first, layout.grid_last,
+                      layout.grid_origin, layout.grid_scale)
         self.counts[0] += len(values) - nan
         self.counts[1] += nan - invalid
         self.counts[2] += invalid
