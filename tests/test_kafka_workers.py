@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import orjson
@@ -72,6 +74,37 @@ def test_a_failing_worker_fails_the_run_with_its_reason(kafka_bootstrap, baselin
         run_workers(config, baseline, 2, until_end=True)
 
 
+def test_a_worker_killed_outright_fails_the_run_and_stops_the_others(kafka_bootstrap, topic,
+                                                                    baseline):
+    config = service_config(kafka_bootstrap, topic, unique("workers"))
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            run_workers(config, baseline, 2)  # no until_end: only a failure ends it
+        except BaseException as exc:  # checked below
+            outcome.append(exc)
+
+    before = set(multiprocessing.active_children())
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while True:  # wait for both workers to exist
+        workers = sorted((p for p in multiprocessing.active_children()
+                          if p not in before and p.name.startswith("streamskew-worker-")),
+                         key=lambda p: p.name)
+        if len(workers) == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)  # polling another thread's progress, with a deadline
+    assert len(workers) == 2
+    os.kill(workers[1].pid, signal.SIGKILL)
+    thread.join(timeout=120)
+    assert not thread.is_alive(), "the other worker was not stopped"
+    assert len(outcome) == 1 and isinstance(outcome[0], WorkerError)
+    assert f"worker 1: exited with code {-signal.SIGKILL}" in str(outcome[0])
+    assert not workers[0].is_alive()
+
+
 def test_sigterm_to_the_parent_stops_every_worker_cleanly(kafka_bootstrap, baseline,
                                                           tmp_path):
     name = unique("requests")
@@ -102,7 +135,7 @@ def test_sigterm_to_the_parent_stops_every_worker_cleanly(kafka_bootstrap, basel
             assert time.monotonic() < deadline, f"offsets never reached the end: {committed()}"
             time.sleep(0.2)  # polling an external process's progress, with a deadline
         workers = _children(process.pid)
-        assert len(workers) >= 2
+        assert len(workers) == 2
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
         assert committed() == end
@@ -115,16 +148,19 @@ def test_sigterm_to_the_parent_stops_every_worker_cleanly(kafka_bootstrap, basel
 
 
 def _children(pid: int) -> list[int]:
-    """The worker processes of ``pid`` (Linux /proc)."""
+    """The worker processes of ``pid`` (Linux /proc): spawned children, not multiprocessing's
+    resource tracker (which exits on its own once the parent is gone)."""
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/stat") as stat:
                     fields = stat.read().rsplit(")", 1)[1].split()
+                with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                    command = cmdline.read()
             except OSError:
                 continue
-            if int(fields[1]) == pid:
+            if int(fields[1]) == pid and b"spawn_main" in command:
                 found.append(int(entry))
     return found
 
