@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import signal
 import subprocess
 import sys
@@ -352,3 +354,53 @@ def test_a_crash_and_restart_neither_loses_nor_repeats_an_event(kafka_bootstrap,
     ids = [e["event_id"] for e in alerts]
     assert len(ids) == len(set(ids)), "an event was published twice"
     assert sorted(ids) == event_ids(offline_events(config, baseline, messages))
+
+
+def test_a_topic_pattern_takes_in_topics_created_later_but_never_its_own(kafka_bootstrap,
+                                                                         baseline):
+    """A live run subscribed to a pattern reads a matching topic created after it started
+    (kafka-python re-checks every metadata_max_age_ms, 1 s here). The group's own topics
+    match the pattern too, and must never be read: they would come back as bad records."""
+    prefix = unique("pattern")
+    first, later = f"{prefix}-a", f"{prefix}-b"
+    create_topic(kafka_bootstrap, first)
+    first_messages, later_messages = skewed_stream(minutes=2), skewed_stream(minutes=1, seed=5)
+    produce(kafka_bootstrap, first, first_messages)
+    config = service_config(kafka_bootstrap, first, f"{prefix}-group",
+                            client={"metadata_max_age_ms": 1000})
+    config = dataclasses.replace(config, kafka=dataclasses.replace(
+        config.kafka, topics=(), topic_pattern=re.escape(prefix) + ".*"))
+    service = DetectorService(config, baseline)
+    stop = threading.Event()
+    thread = threading.Thread(target=service.run, args=(stop,))
+    thread.start()
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        def committed(topic: str) -> int:
+            group = config.kafka.group_id
+            try:
+                offsets = admin.list_group_offsets({group: None}).get(group, {})
+            except KafkaError:  # the group does not exist until the service has joined
+                return 0
+            return sum(m.offset for tp, m in offsets.items() if tp.topic == topic)
+
+        def wait_for(topic: str, count: int) -> None:
+            deadline = time.monotonic() + 90
+            while committed(topic) < count:
+                assert thread.is_alive(), "the service stopped"
+                assert time.monotonic() < deadline, f"{topic}: {committed(topic)} of {count}"
+                time.sleep(0.2)  # polling the broker for the service's progress
+
+        wait_for(first, len(first_messages))
+        create_topic(kafka_bootstrap, later)
+        produce(kafka_bootstrap, later, later_messages)
+        wait_for(later, len(later_messages))
+        offsets = admin.list_group_offsets({config.kafka.group_id: None})
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+        admin.close()
+    assert not thread.is_alive()
+    assert {tp.topic for tp in offsets[config.kafka.group_id]} == {first, later}
+    assert service.stats.builders.bad_total == 0 and service.stats.dead_letters == 0
+    assert service.stats.builders.records >= len(first_messages) + len(later_messages)

@@ -152,6 +152,7 @@ class DetectorService:
         self.joined_sources = self.joined_evaluator = False
         self._evaluator_due = 0  # checkpoints since the evaluator's last commit
         self._windows_before = 0  # windows the restored evaluator had judged elsewhere
+        self._topics_checked = 0.0  # when topic_pattern was last matched against the broker
 
     # -- setup -------------------------------------------------------------------------------
 
@@ -192,6 +193,7 @@ class DetectorService:
             self.kafka, self.bootstrap, transactional_id=transactional_id, linger_ms=5))
         self.producer.init_transactions()
         self.source_consumer.subscribe(self.topics, listener=_SourceListener(self))
+        self._topics_checked = time.monotonic()
         self.panes_consumer.subscribe([self.kafka.panes_topic],
                                       listener=_EvaluatorListener(self))
 
@@ -220,7 +222,26 @@ class DetectorService:
                 last_checkpoint = time.monotonic()
             if self.until_end and self._done():
                 break
+            self._follow_pattern()
         self.checkpoint(force=True)
+
+    def _follow_pattern(self) -> None:
+        """With ``topic_pattern``, take in matching topics created since start (checked every
+        ``metadata_max_age_ms``, Kafka's 5 minutes unless set in [kafka]). A plain topic list
+        is re-subscribed rather than kafka-python's pattern subscription, whose rejoin waits
+        for a full metadata refresh inside each short poll and can starve on a broker with
+        many topics. until_end reads only what existed at start."""
+        if not self.kafka.topic_pattern or self.until_end:
+            return
+        every_s = self.kafka.client.get("metadata_max_age_ms", 300_000) / 1000
+        if time.monotonic() - self._topics_checked < every_s:
+            return
+        self._topics_checked = time.monotonic()
+        topics = source_topics(self.kafka, self.source_consumer.topics())
+        if set(topics) - set(self.topics):
+            log.info("new source topics: %s", ", ".join(sorted(set(topics) - set(self.topics))))
+            self.topics = sorted(set(self.topics) | set(topics))  # deleted ones: left to Kafka
+            self.source_consumer.subscribe(self.topics, listener=_SourceListener(self))
 
     def _poll_sources(self) -> None:
         batches = self.source_consumer.poll(timeout_ms=100)
@@ -298,6 +319,9 @@ class DetectorService:
     def _on_pane_message(self, value: bytes) -> None:
         header, payload = decode_pane_message(value)
         source = header["source"]
+        # A partition of a topic created after start (pattern subscription): from now on
+        # the windows wait for its watermark too.
+        self.expected_sources.add(source)
         if header["kind"] == "pane":
             model = header["model"]
             pane = Pane.from_bytes(payload, baseline_for(self.baselines, model))

@@ -11,7 +11,7 @@ from kafka.errors import TopicAlreadyExistsError
 
 from ..config import KafkaConfig
 
-__all__ = ["TopicSpec", "ensure_topics", "internal_topics", "source_topics"]
+__all__ = ["TopicSpec", "ensure_topics", "internal_topics", "source_topics", "topic_regex"]
 
 ALERTS_BYTES = 1024**3  # per partition
 DAY_MS = 86_400_000
@@ -67,8 +67,25 @@ def source_topics(kafka: KafkaConfig, available: Iterable[str]) -> list[str]:
     """The configured source topics that exist (names, or those matching the pattern)."""
     names = set(available)
     if kafka.topic_pattern:
-        pattern = re.compile(kafka.topic_pattern)
-        internal = {kafka.alerts_topic, kafka.dlq_topic, kafka.panes_topic, kafka.state_topic}
-        return sorted(t for t in names if pattern.fullmatch(t) and t not in internal
-                      and not t.startswith("__"))
+        pattern = re.compile(topic_regex(kafka))
+        return sorted(t for t in names if pattern.match(t))
     return [t for t in kafka.topics if t in names]
+
+
+def topic_regex(kafka: KafkaConfig) -> str:
+    """``[kafka] topic_pattern`` as the regex a source topic's name matches (``re.match``):
+    the whole name must match, and never one of this service's own topics or a
+    broker-internal ``__`` topic, so that a broad pattern cannot make the service read its
+    own alerts.
+
+    >>> from streamskew.config import KafkaConfig
+    >>> pattern = re.compile(topic_regex(KafkaConfig(topic_pattern="req.*")))
+    >>> [bool(pattern.match(t)) for t in ("requests", "requests.alerts", "xrequests")]
+    [True, True, False]
+    >>> own = KafkaConfig(topic_pattern=".*", alerts_topic="a")
+    >>> [bool(re.match(topic_regex(own), t)) for t in ("a", "ab", "__x")]
+    [False, True, False]
+    """
+    own = sorted({kafka.alerts_topic, kafka.dlq_topic, kafka.panes_topic, kafka.state_topic})
+    excluded = "|".join(map(re.escape, own))
+    return rf"(?!__)(?!(?:{excluded})\Z)(?:{kafka.topic_pattern})\Z"
