@@ -47,3 +47,34 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield bootstrap
     finally:
         broker.stop(timeout=60)
+
+
+# --------------------------------------------------------------------------------------------
+# What the Kafka service tests share, per module: the training baseline, a skewed stream with
+# a bad record every 997, and a 6-partition topic holding it (see tests/kafka_helpers.py).
+# A module's own fixture of the same name wins (test_detection.py has its own `baseline`).
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def baseline():
+    from .kafka_helpers import training_baseline
+
+    return training_baseline()
+
+
+@pytest.fixture(scope="module")
+def stream():
+    from .kafka_helpers import skewed_stream
+
+    return skewed_stream(bad_every=997)
+
+
+@pytest.fixture(scope="module")
+def topic(kafka_bootstrap, stream):
+    from .kafka_helpers import create_topic, produce, unique
+
+    name = unique("requests")
+    create_topic(kafka_bootstrap, name)
+    produce(kafka_bootstrap, name, stream)
+    return name

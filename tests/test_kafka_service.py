@@ -31,30 +31,11 @@ from .kafka_helpers import (
     read_all,
     service_config,
     skewed_stream,
-    training_baseline,
     unique,
     write_config,
 )
 
 pytestmark = pytest.mark.kafka
-
-
-@pytest.fixture(scope="module")
-def baseline():
-    return training_baseline()
-
-
-@pytest.fixture(scope="module")
-def stream():
-    return skewed_stream(bad_every=997)
-
-
-@pytest.fixture(scope="module")
-def topic(kafka_bootstrap, stream):
-    name = unique("requests")
-    create_topic(kafka_bootstrap, name)
-    produce(kafka_bootstrap, name, stream)
-    return name
 
 
 def offline_events(config, baseline, stream):
