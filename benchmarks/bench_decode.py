@@ -64,9 +64,8 @@ SCHEMA = ({name: "numeric" for name in NUMERIC} | {name: "categorical" for name 
           | {"prediction": "numeric"})
 
 
-def make_messages(n: int, seed: int = 0) -> list[bytes]:
-    """``n`` distinct, realistic prediction-request messages (orjson-encoded)."""
-    rng = np.random.default_rng(seed)
+def feature_columns(rng: np.random.Generator, n: int) -> dict[str, list[object]]:
+    """``n`` rows of the 20 features (also the data of bench_e2e.py)."""
     columns: dict[str, list[object]] = {}
     for name, kind in NUMERIC.items():
         if kind == "amount":
@@ -85,6 +84,13 @@ def make_messages(n: int, seed: int = 0) -> list[bytes]:
     for values in columns.values():
         for i in np.flatnonzero(rng.random(n) < NULL_RATE):
             values[i] = None
+    return columns
+
+
+def make_messages(n: int, seed: int = 0) -> list[bytes]:
+    """``n`` distinct, realistic prediction-request messages (orjson-encoded)."""
+    rng = np.random.default_rng(seed)
+    columns = feature_columns(rng, n)
     predictions = np.round(rng.random(n), 4).tolist()
     names = list(columns)
     messages = []

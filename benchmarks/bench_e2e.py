@@ -77,7 +77,7 @@ from _common import (
     rate,
     text_table,
 )
-from bench_decode import CATEGORICAL, NULL_RATE, NUMERIC
+from bench_decode import CATEGORICAL, NULL_RATE, NUMERIC, feature_columns
 
 from streamskew import Baseline, Config
 from streamskew.kafka.service import DetectorService, ServiceStats
@@ -135,36 +135,13 @@ RUN_TIMEOUT_S = 900.0  # one timed run; only a safety net against a dead broker
 # -- data ----------------------------------------------------------------------------------------
 
 
-def _columns(rng: np.random.Generator, n: int) -> dict[str, list[Any]]:
-    """``n`` rows of the 20 features, distributed as in bench_decode.make_messages."""
-    columns: dict[str, list[Any]] = {}
-    for name, kind in NUMERIC.items():
-        if kind == "amount":
-            values = np.round(rng.lognormal(3.5, 1.3, n), 2)
-        elif kind == "int":
-            values = rng.poisson(6.0, n)
-        elif kind == "unit":
-            values = np.round(rng.random(n), 4)
-        else:
-            values = np.round(rng.gamma(2.0, 20.0, n), 3)
-        columns[name] = values.tolist()
-    for name, vocabulary in CATEGORICAL.items():
-        weights = 1.0 / np.arange(1, len(vocabulary) + 1)  # Zipf-like popularity
-        picks = rng.choice(len(vocabulary), n, p=weights / weights.sum())
-        columns[name] = [vocabulary[i] for i in picks]
-    for values in columns.values():
-        for i in np.flatnonzero(rng.random(n) < NULL_RATE):
-            values[i] = None
-    return columns
-
-
 def message_chunks(n: int, seed: int = 0) -> Iterator[tuple[list[bytes], list[int]]]:
     """The stream in event-time order, as (messages, event times) chunks."""
     rng = np.random.default_rng(seed)
     names = [*NUMERIC, *CATEGORICAL]
     for first in range(0, n, CHUNK):
         count = min(CHUNK, n - first)
-        columns = _columns(rng, count)
+        columns = feature_columns(rng, count)
         times = (START + np.arange(first, first + count, dtype=np.int64) * SPAN_MS // n).tolist()
         drift = columns[DRIFT_FEATURE]
         for i, t in enumerate(times):
@@ -182,7 +159,7 @@ def message_chunks(n: int, seed: int = 0) -> Iterator[tuple[list[bytes], list[in
 
 def training_baseline(seed: int = 7) -> Baseline:
     """The baseline of the 20 features from a training sample (no drift)."""
-    return Baseline.from_columns(_columns(np.random.default_rng(seed), TRAINING_ROWS))
+    return Baseline.from_columns(feature_columns(np.random.default_rng(seed), TRAINING_ROWS))
 
 
 # -- loading -------------------------------------------------------------------------------------

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
 
 from streamskew import Baseline, Config
 from streamskew.kafka.topics import TopicSpec, ensure_topics, internal_topics
@@ -169,3 +170,25 @@ panes_topic = "{k.panes_topic}"
 state_topic = "{k.state_topic}"
 {extra_kafka}''')
     return toml
+
+
+def committed_offsets(admin: KafkaAdminClient, group: str, topic: str) -> dict[TopicPartition, int]:
+    """The group's committed offsets on ``topic`` ({} until a member has joined)."""
+    try:
+        offsets = admin.list_group_offsets({group: None}).get(group, {})
+    except KafkaError:  # the group does not exist until a member has joined
+        return {}
+    return {tp: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: Callable[[], str],
+               still_running: Callable[[], None] = lambda: None, every_s: float = 0.2) -> None:
+    """Poll ``condition`` until it holds; fail with ``what()`` after ``timeout_s``.
+    ``still_running`` asserts that what is being waited for has not died meanwhile. Polling
+    is all there is here: the progress being waited for is in a broker or another process,
+    which cannot signal this one."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        still_running()
+        assert time.monotonic() < deadline, what()
+        time.sleep(every_s)

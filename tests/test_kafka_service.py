@@ -8,13 +8,11 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import orjson
 import pytest
 from click.testing import CliRunner
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
-from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from streamskew import Detector
@@ -24,6 +22,7 @@ from streamskew.kafka.service import DetectorService, ServiceStats, source_name
 
 from .kafka_helpers import (
     START,
+    committed_offsets,
     create_topic,
     event_ids,
     event_time,
@@ -32,6 +31,7 @@ from .kafka_helpers import (
     service_config,
     skewed_stream,
     unique,
+    wait_until,
     write_config,
 )
 
@@ -168,18 +168,13 @@ def test_sigterm_leaves_committed_offsets_at_the_last_processed_record(kafka_boo
         consumer.close()
 
         def committed() -> dict:
-            group = config.kafka.group_id
-            try:
-                offsets = admin.list_group_offsets({group: None}).get(group, {})
-            except KafkaError:  # the group does not exist until the service has joined
-                return {}
-            return {tp: meta.offset for tp, meta in offsets.items() if tp.topic == name}
+            return committed_offsets(admin, config.kafka.group_id, name)
 
-        deadline = time.monotonic() + 120
-        while committed() != end:
+        def running() -> None:
             assert process.poll() is None, process.stderr.read()
-            assert time.monotonic() < deadline, f"offsets never reached the end: {committed()}"
-            time.sleep(0.2)  # polling an external process's progress, with a deadline
+
+        wait_until(lambda: committed() == end, 120,
+                   lambda: f"offsets never reached the end: {committed()}", running)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
         assert committed() == end
@@ -312,19 +307,17 @@ def test_a_crash_and_restart_neither_loses_nor_repeats_an_event(kafka_bootstrap,
                                stderr=subprocess.DEVNULL)
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     try:
-        deadline = time.monotonic() + 120
-        while True:  # wait for some, not all, offsets to be committed
-            try:
-                offsets = admin.list_group_offsets({group: None}).get(group, {})
-            except KafkaError:
-                offsets = {}
-            done = sum(m.offset for tp, m in offsets.items() if tp.topic == name)
-            if done > 0:
-                break
-            assert process.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)  # polling an external process's progress, with a deadline
+        def committed() -> int:
+            return sum(committed_offsets(admin, group, name).values())
+
+        def running() -> None:
+            assert process.poll() is None
+
+        # Some, not all, offsets committed: then kill it.
+        wait_until(lambda: committed() > 0, 120, lambda: "no offset committed", running, 0.05)
         process.kill()
         process.wait(timeout=30)
+        done = committed()
     finally:
         admin.close()
         if process.poll() is None:
@@ -358,19 +351,14 @@ def test_a_topic_pattern_takes_in_topics_created_later_but_never_its_own(kafka_b
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     try:
         def committed(topic: str) -> int:
-            group = config.kafka.group_id
-            try:
-                offsets = admin.list_group_offsets({group: None}).get(group, {})
-            except KafkaError:  # the group does not exist until the service has joined
-                return 0
-            return sum(m.offset for tp, m in offsets.items() if tp.topic == topic)
+            return sum(committed_offsets(admin, config.kafka.group_id, topic).values())
+
+        def running() -> None:
+            assert thread.is_alive(), "the service stopped"
 
         def wait_for(topic: str, count: int) -> None:
-            deadline = time.monotonic() + 90
-            while committed(topic) < count:
-                assert thread.is_alive(), "the service stopped"
-                assert time.monotonic() < deadline, f"{topic}: {committed(topic)} of {count}"
-                time.sleep(0.2)  # polling the broker for the service's progress
+            wait_until(lambda: committed(topic) >= count, 90,
+                       lambda: f"{topic}: {committed(topic)} of {count}", running)
 
         wait_for(first, len(first_messages))
         create_topic(kafka_bootstrap, later)

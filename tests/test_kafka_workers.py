@@ -8,18 +8,17 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import orjson
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
-from kafka.errors import KafkaError
 
 from streamskew import Detector
 from streamskew.kafka.workers import WorkerError, run_workers
 
 from .kafka_helpers import (
     PARTITIONS,
+    committed_offsets,
     create_topic,
     event_ids,
     produce,
@@ -27,6 +26,7 @@ from .kafka_helpers import (
     service_config,
     skewed_stream,
     unique,
+    wait_until,
     write_config,
 )
 
@@ -69,15 +69,14 @@ def test_a_worker_killed_outright_fails_the_run_and_stops_the_others(kafka_boots
     before = set(multiprocessing.active_children())
     thread = threading.Thread(target=run)
     thread.start()
-    deadline = time.monotonic() + 60
-    while True:  # wait for both workers to exist
-        workers = sorted((p for p in multiprocessing.active_children()
-                          if p not in before and p.name.startswith("streamskew-worker-")),
-                         key=lambda p: p.name)
-        if len(workers) == 2 or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)  # polling another thread's progress, with a deadline
-    assert len(workers) == 2
+
+    def spawned() -> list:
+        return sorted((p for p in multiprocessing.active_children()
+                       if p not in before and p.name.startswith("streamskew-worker-")),
+                      key=lambda p: p.name)
+
+    wait_until(lambda: len(spawned()) == 2, 60, lambda: f"workers: {spawned()}", every_s=0.05)
+    workers = spawned()
     os.kill(workers[1].pid, signal.SIGKILL)
     thread.join(timeout=120)
     assert not thread.is_alive(), "the other worker was not stopped"
@@ -103,18 +102,13 @@ def test_sigterm_to_the_parent_stops_every_worker_cleanly(kafka_bootstrap, basel
         consumer.close()
 
         def committed() -> dict:
-            group = config.kafka.group_id
-            try:
-                offsets = admin.list_group_offsets({group: None}).get(group, {})
-            except KafkaError:  # the group does not exist until a worker has joined
-                return {}
-            return {tp: meta.offset for tp, meta in offsets.items() if tp.topic == name}
+            return committed_offsets(admin, config.kafka.group_id, name)
 
-        deadline = time.monotonic() + 120
-        while committed() != end:
+        def running() -> None:
             assert process.poll() is None, process.stderr.read()
-            assert time.monotonic() < deadline, f"offsets never reached the end: {committed()}"
-            time.sleep(0.2)  # polling an external process's progress, with a deadline
+
+        wait_until(lambda: committed() == end, 120,
+                   lambda: f"offsets never reached the end: {committed()}", running)
         workers = _children(process.pid)
         assert len(workers) == 2
         process.send_signal(signal.SIGTERM)
