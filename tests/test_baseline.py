@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from streamskew import Baseline, BaselineError, Config
-from streamskew import baseline as baseline_module
+from streamskew.baseline import build as baseline_module
 
 
 def rows(n: int = 2000, seed: int = 0) -> list[dict]:

@@ -35,7 +35,7 @@ def histogram_slots(edges: np.ndarray, values: np.ndarray) -> np.ndarray:
 
     ``np.histogram`` bins are ``[e_i, e_(i+1))`` with the last bin closed, exactly the
     documented convention, and it is a different code path from both the numba kernel and
-    ``baseline._bin_counts`` (which uses searchsorted).
+    ``baseline.build._bin_counts`` (which uses searchsorted).
     """
     values = values[~np.isnan(values)]
     inner, _ = np.histogram(values, bins=edges)
@@ -310,7 +310,7 @@ def test_bin_counts_on_a_baseline_layout() -> None:
 
 
 def test_baseline_from_numpy_array_column_is_numeric() -> None:
-    """Regression: numpy scalars used to fail the exact type check of baseline._as_number."""
+    """Regression: numpy scalars used to fail the exact type check of baseline.build._as_number."""
     baseline = Baseline.from_columns({"x": np.array([1.5, 2.0, 3.0] * 100),
                                       "i": np.array([1, 2, 3] * 100),
                                       "s": list(np.array([0.5, 1.0] * 150))})
