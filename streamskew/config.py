@@ -24,6 +24,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from .errors import StreamskewError
+
 __all__ = [
     "CATEGORICAL_METRICS",
     "NUMERIC_METRICS",
@@ -54,7 +56,7 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|min|m|h|d)\s*$")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-class ConfigError(ValueError):
+class ConfigError(StreamskewError, ValueError):
     """A configuration value is wrong; the message names where and how to fix it."""
 
 

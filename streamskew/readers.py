@@ -21,6 +21,7 @@ from typing import IO, Any
 import orjson
 
 from .config import MessageConfig
+from .errors import StreamskewError
 from .records import _get, _path
 
 __all__ = ["FORMATS", "FileProblem", "SkippedLines", "file_format", "read_chunks"]
@@ -28,7 +29,7 @@ __all__ = ["FORMATS", "FileProblem", "SkippedLines", "file_format", "read_chunks
 FORMATS = ("csv", "jsonl", "parquet")
 
 
-class FileProblem(ValueError):
+class FileProblem(StreamskewError, ValueError):
     """An input file cannot be used; the message names the file (and line) and the fix."""
 
 

@@ -57,13 +57,19 @@ class Reason:
 
 @dataclass(frozen=True)
 class BadRecord:
-    """One rejected record or field: where it was, why, and its original bytes."""
+    """One rejected record or field: where it was, why, and its original bytes.
+
+    ``position`` is the record's place in the batch it came in (the engine replaces it with
+    the record's id in its source: the Kafka offset, the line number, or the running count);
+    ``event_time`` (epoch ms) is set when the record's event time is known.
+    """
 
     position: int
     reason: str
     detail: str
     raw: bytes
     used: bool = False
+    event_time: int | None = None
 
 
 NO_TIME = np.iinfo(np.int64).min  # marks "no event time in the message"

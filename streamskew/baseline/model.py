@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
+from ..errors import StreamskewError
 from ..sketch.categorical import CategoricalLayout
 from ..sketch.numeric import NumericLayout
 from ..sketch.quantiles import QuantileLayout
@@ -46,7 +47,7 @@ __all__ = ["SCHEMA", "Baseline", "BaselineError", "CategoricalBaseline", "Featur
 SCHEMA = "streamskew.baseline/v1"
 
 
-class BaselineError(ValueError):
+class BaselineError(StreamskewError, ValueError):
     """A baseline cannot be built or read; the message says why and what to do."""
 
 
