@@ -97,11 +97,22 @@ class MessageConfig:
 
 @dataclass(frozen=True)
 class WindowConfig:
-    """Event-time panes and the sliding window made of the last ``size / pane`` panes."""
+    """Event-time panes and the sliding window made of the last ``size / pane`` panes.
+
+    Each source's *stream time* is the ``watermark_quorum``-th latest event time among its
+    last ``watermark_memory`` records, so fewer than ``watermark_quorum`` records with a wrong
+    clock in any ``watermark_memory`` cannot move it; the watermark is the stream time minus
+    ``allowed_lateness``. A record more than ``max_ahead`` ahead of the stream time is held
+    until the stream reaches it (the source really moved on) or ``watermark_memory`` more
+    records have come (then it is dead-lettered as ``ahead_of_watermark``).
+    """
 
     size: str = "15m"
     pane: str = "1m"
     allowed_lateness: str = "30s"
+    max_ahead: str = "15m"
+    watermark_quorum: int = 10
+    watermark_memory: int = 100
 
     @property
     def size_ms(self) -> int:
@@ -114,6 +125,10 @@ class WindowConfig:
     @property
     def allowed_lateness_ms(self) -> int:
         return parse_duration(self.allowed_lateness)
+
+    @property
+    def max_ahead_ms(self) -> int:
+        return parse_duration(self.max_ahead)
 
     @property
     def panes(self) -> int:
@@ -335,7 +350,7 @@ class _Reader:
 
     def _check_window(self, window: WindowConfig) -> None:
         allowed = "use a number with a unit: 500ms, 90s, 15m, 1h, 1d"
-        for key in ("size", "pane", "allowed_lateness"):
+        for key in ("size", "pane", "allowed_lateness", "max_ahead"):
             try:
                 parse_duration(getattr(window, key))
             except ValueError as exc:
@@ -346,6 +361,11 @@ class _Reader:
         if window.size_ms % window.pane_ms or window.size_ms < window.pane_ms:
             raise self.fail("window", "size", f" = {window.size!r}: must be a whole multiple "
                             f"of pane ({window.pane!r})")
+        if window.watermark_quorum < 1:
+            raise self.fail("window", "watermark_quorum", ": must be at least 1 record")
+        if window.watermark_memory < window.watermark_quorum:
+            raise self.fail("window", "watermark_memory", f" = {window.watermark_memory}: "
+                            f"must be at least watermark_quorum ({window.watermark_quorum})")
         if window.panes > 10_000:
             raise self.fail("window", "pane", f" = {window.pane!r}: gives {window.panes} panes "
                             "per window; use at most 10000 (a longer pane)")

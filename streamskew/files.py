@@ -80,12 +80,9 @@ def detect_file(config: Config, baseline: Baseline, path: str | os.PathLike[str]
     """Run the engine over one JSONL file of messages."""
     from tqdm import tqdm
 
-    line_numbers: list[int] = []
-
     def on_bad(record: BadRecord) -> None:
-        if dead_letters is not None:
-            line = line_numbers[record.position]
-            dead_letters.write(dead_letter_json(record, line, str(path)) + b"\n")
+        if dead_letters is not None:  # the record's id in the file is its line number
+            dead_letters.write(dead_letter_json(record, record.position, str(path)) + b"\n")
 
     detector = Detector(config, baseline, on_bad_record=on_bad, on_window=on_window)
     events: list[SkewEvent] = []
@@ -100,8 +97,8 @@ def detect_file(config: Config, baseline: Baseline, path: str | os.PathLike[str]
     size = Path(path).stat().st_size
     with tqdm(total=size, unit="B", unit_scale=True, desc="detect", disable=not progress,
               leave=False) as bar:
-        for line_numbers, batch in iter_line_batches(path):  # noqa: B007 - read by on_bad
-            emit(detector.process(batch))
+        for line_numbers, batch in iter_line_batches(path):
+            emit(detector.process(batch, ids=line_numbers))
             lines += len(batch)
             bar.update(sum(len(line) + 1 for line in batch))
         emit(detector.flush())

@@ -53,6 +53,9 @@ class Reason:
     TOO_LARGE = "too_large"
     WRONG_TYPE = "wrong_type"
     NON_FINITE = "non_finite"
+    # Event time (decided by the engine's clock, not the decoder):
+    LATE = "late"  # the record's pane had already closed
+    AHEAD_OF_WATERMARK = "ahead_of_watermark"  # far ahead of its source, and never followed
 
 
 @dataclass(frozen=True)

@@ -233,8 +233,8 @@ def _run_until_end(service: DetectorService, timeout_s: float) -> ServiceStats:
     thread.start()
     thread.join(timeout=timeout_s)
     finished = not thread.is_alive()
-    progress = {source_name(tp): (s.position, service.targets.get(tp), s.final)
-                for tp, s in list(service.sources.items())}
+    progress = {source_name(tp): (s.position, service.source_stage.targets.get(tp), s.final)
+                for tp, s in list(service.source_stage.sources.items())}
     stop.set()
     thread.join(timeout=60)
     assert finished, (f"the service did not finish within {timeout_s} s; "

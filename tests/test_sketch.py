@@ -15,7 +15,7 @@ import pytest
 
 from streamskew.baseline import Baseline, NumericBaseline
 from streamskew.config import BaselineBuildConfig, Config
-from streamskew.detector.window import Pane, SlidingWindow
+from streamskew.detector.window import BaselineMismatch, Pane, SlidingWindow
 from streamskew.sketch.categorical import (
     HEAVY_HITTER_CAPACITY,
     CategoricalLayout,
@@ -584,18 +584,26 @@ def test_pane_bytes_round_trip_and_mismatch() -> None:
     np.testing.assert_array_equal(bc.counts, pc.counts)
     assert (bc.missing, bc.invalid, bc.unseen) == (pc.missing, pc.invalid, pc.unseen)
 
-    # Same feature names, different layouts (fewer bins, bigger vocabulary): ValueError.
+    # A pane summarized against another baseline is refused by its id, before any bins
+    # are read: merging counts over different bin edges would be silently wrong.
     other = Baseline.from_columns(
         {"x": rng.normal(0, 1, 2_000).tolist(), "c": [f"k{i % 9}" for i in range(2_000)]},
         Config(build=BaselineBuildConfig(bins=10)))
-    with pytest.raises(ValueError):
+    with pytest.raises(BaselineMismatch, match=f"baseline {baseline.id}, not {other.id}"):
         Pane.from_bytes(pane.to_bytes(), other)
-    # Only the categorical feature mismatching.
-    only_c = Pane(pane.index, pane.records, {"c": pane.summaries["c"]})
+    with pytest.raises(BaselineMismatch):
+        Pane.empty(0, other).merge(pane)
+    # Bytes that claim the right baseline but do not fit its layouts (fewer bins, bigger
+    # vocabulary, only the categorical feature): still a ValueError, never a wrong merge.
+    claims_other = Pane(pane.index, pane.records, pane.summaries, baseline_id=other.id)
+    with pytest.raises(ValueError):
+        Pane.from_bytes(claims_other.to_bytes(), other)
+    only_c = Pane(pane.index, pane.records, {"c": pane.summaries["c"]}, baseline_id=other.id)
     with pytest.raises(ValueError):
         Pane.from_bytes(only_c.to_bytes(), other)
     # A feature the baseline does not know, and bytes that are not a pane.
-    unknown = Pane(pane.index, pane.records, {"zzz": pane.summaries["c"]})
+    unknown = Pane(pane.index, pane.records, {"zzz": pane.summaries["c"]},
+                   baseline_id=baseline.id)
     with pytest.raises(ValueError, match="does not know"):
         Pane.from_bytes(unknown.to_bytes(), baseline)
     with pytest.raises(ValueError, match="not a serialized pane"):

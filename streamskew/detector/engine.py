@@ -1,10 +1,10 @@
-"""The engine for one source: records in, skew events out. It knows nothing of Kafka or files.
+"""The engine in your process: records in, skew events out. It knows nothing of Kafka or files.
 
-:class:`Detector` wires a :class:`~streamskew.detector.builder.PaneBuilder` (records ->
-event-time panes, sealed by the watermark) to an
-:class:`~streamskew.detector.evaluator.Evaluator` (panes -> windows -> checks -> events).
-The Kafka service runs one builder per partition and merges their panes in one evaluator;
-the code that reaches a verdict is the same.
+:class:`Detector` feeds a :class:`~streamskew.detector.sources.SourceCoordinator`: each named
+source (one by default) gets a :class:`~streamskew.detector.builder.PaneBuilder` (records ->
+event-time panes, lateness decided per record), and the coordinator closes a pane for the
+:class:`~streamskew.detector.evaluator.Evaluator` once every source has passed it. The Kafka
+service and replay use the same pieces, so the code that reaches a verdict is the same.
 """
 
 from __future__ import annotations
@@ -18,11 +18,14 @@ import numpy as np
 from ..baseline import Baseline
 from ..config import Config
 from ..records import BadRecord
-from .builder import DEFAULT_MODEL, BuilderStats, PaneBuilder, SealedPane
+from .builder import DEFAULT_MODEL, BuilderStats
 from .evaluator import Evaluator, WindowResult
 from .events import SkewEvent
+from .sources import SourceCoordinator
 
-__all__ = ["DEFAULT_MODEL", "Detector", "DetectorStats", "WindowResult"]
+__all__ = ["DEFAULT_MODEL", "DEFAULT_SOURCE", "Detector", "DetectorStats", "WindowResult"]
+
+DEFAULT_SOURCE = "input"
 
 
 @dataclass
@@ -43,10 +46,12 @@ class DetectorStats(BuilderStats):
                 f"late={self.late} windows={self.windows} events={self.events}")
 
     @classmethod
-    def of(cls, builders: Sequence[PaneBuilder], evaluator: Evaluator) -> DetectorStats:
+    def of(cls, builders: BuilderStats, evaluator: Evaluator) -> DetectorStats:
         stats = cls()
-        for builder in builders:
-            stats.merge(builder.stats)
+        stats.merge(builders)
+        # Records in partial panes that reached the evaluator after their pane had closed
+        # (an idle source woke up) were not used either.
+        stats.late += evaluator.late_records
         stats.windows, stats.events = evaluator.windows, evaluator.events
         return stats
 
@@ -55,7 +60,9 @@ class Detector:
     """Compare serving records with the baseline, window by window, and emit skew events.
 
     ``baseline`` is one :class:`Baseline` for every model, or a mapping model -> baseline
-    (with an optional ``"default"`` entry for the others).
+    (with an optional ``"default"`` entry for the others). Records come from one source by
+    default; name sources (``source=``) when several feed one detector, e.g. two servers'
+    logs: a pane is judged once every source has passed it.
 
     >>> from streamskew import Baseline, Config, Detector
     >>> import random
@@ -76,33 +83,41 @@ class Detector:
             {DEFAULT_MODEL: baseline} if isinstance(baseline, Baseline) else dict(baseline))
         if not self.baselines:
             raise ValueError("a Detector needs at least one baseline")
-        self.builder = PaneBuilder(config, self.baselines, on_bad_record=on_bad_record)
-        self.evaluator = Evaluator(config, self.baselines, on_window=on_window)
+        report = None
+        if on_bad_record is not None:
+            def report(source: str, record: BadRecord) -> None:
+                on_bad_record(record)
+        self.sources = SourceCoordinator(config, self.baselines, on_bad_record=report,
+                                         on_window=on_window)
+
+    @property
+    def evaluator(self) -> Evaluator:
+        return self.sources.evaluator
 
     @property
     def stats(self) -> DetectorStats:
-        return DetectorStats.of([self.builder], self.evaluator)
+        return DetectorStats.of(self.sources.builder_stats, self.sources.evaluator)
 
     def process(self, messages: Sequence[bytes | str | Mapping[str, Any]],
-                timestamps: Sequence[int] | np.ndarray | None = None) -> list[SkewEvent]:
+                timestamps: Sequence[int] | np.ndarray | None = None,
+                ids: Sequence[int] | np.ndarray | None = None,
+                source: str = DEFAULT_SOURCE) -> list[SkewEvent]:
         """Feed a batch of messages (raw bytes, JSON text or dicts); returns new events.
 
         ``timestamps`` (epoch ms, one per message) are the event times of messages without
-        a timestamp of their own, e.g. Kafka record timestamps.
+        a timestamp of their own, e.g. Kafka record timestamps. ``ids`` (e.g. line numbers)
+        are what ``on_bad_record`` reports as a rejected record's ``position``; without them
+        records are numbered by their running count in their source.
         """
-        return self._evaluate(self.builder.add(messages, timestamps))
+        return self.sources.add(source, messages, timestamps, ids)
 
-    def advance_watermark(self, watermark: int) -> list[SkewEvent]:
+    def advance_watermark(self, watermark: int, source: str = DEFAULT_SOURCE
+                          ) -> list[SkewEvent]:
         """Let event time pass without records (an idle source)."""
-        return self._evaluate(self.builder.seal_until(watermark))
+        return self.sources.advance(source, watermark)
 
     def flush(self) -> list[SkewEvent]:
         """End of input: close every open pane (or judge the whole input as one window)."""
-        for sealed in self.builder.seal_all():
-            self.evaluator.add_pane(sealed.model, sealed.index, sealed.pane)
-        return self.evaluator.flush()
-
-    def _evaluate(self, sealed: list[SealedPane]) -> list[SkewEvent]:
-        for pane in sealed:
-            self.evaluator.add_pane(pane.model, pane.index, pane.pane)
-        return self.evaluator.advance(self.builder.watermark)
+        if not self.sources.builders:
+            self.sources.builder(DEFAULT_SOURCE)
+        return self.sources.end_of_input()

@@ -76,7 +76,8 @@ class Evaluator:
         self.closed_through: int | None = None  # highest pane index closed
         self.windows = 0
         self.events = 0
-        self.late_panes = 0
+        self.late_panes = 0  # partial panes that came after their pane had closed
+        self.late_records = 0  # ... and the records in them
 
     def _model(self, model: str) -> _ModelState:
         state = self.models.get(model)
@@ -90,6 +91,7 @@ class Evaluator:
         if index != WHOLE_INPUT and self.closed_through is not None \
                 and index <= self.closed_through:
             self.late_panes += 1
+            self.late_records += pane.records
             return
         state = self._model(model)
         pending = state.pending.get(index)
@@ -211,11 +213,12 @@ class Evaluator:
         })
 
     def restore(self, data: bytes) -> None:
+        """Continue from :meth:`state_bytes`. Raises BaselineMismatch, and changes nothing,
+        when the saved panes were summarized against another baseline."""
         raw = orjson.loads(data)
-        self.closed_through = raw["closed_through"]
-        self.models = {}
+        models: dict[str, _ModelState] = {}
         for model, saved in raw["models"].items():
-            state = self._model(model)
+            state = _ModelState(model, baseline_for(self.baselines, model), self.config)
             for encoded in saved["window"]:
                 state.window.push(Pane.from_bytes(b64decode(encoded), state.baseline))
             state.pending = {int(i): Pane.from_bytes(b64decode(p), state.baseline)
@@ -223,3 +226,6 @@ class Evaluator:
             for feature, check, metric, active, streak in saved["hysteresis"]:
                 h = state.state((feature, check, metric))
                 h.active, h.streak = active, streak
+            models[model] = state
+        self.models = models
+        self.closed_through = raw["closed_through"]

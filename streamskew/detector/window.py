@@ -22,9 +22,13 @@ from ..baseline import Baseline, CategoricalBaseline
 from ..sketch.categorical import CategoricalSummary, merge_heavy_hitters
 from ..sketch.numeric import NumericSummary
 
-__all__ = ["Pane", "SlidingWindow"]
+__all__ = ["BaselineMismatch", "Pane", "SlidingWindow"]
 
 Summary = NumericSummary | CategoricalSummary
+
+
+class BaselineMismatch(ValueError):
+    """A pane summarized against one baseline met another: its bins mean something else."""
 
 
 @dataclass
@@ -35,13 +39,18 @@ class Pane:
     records: int = 0
     summaries: dict[str, Summary] = field(default_factory=dict)
     new_features: dict[str, int] = field(default_factory=dict)
+    baseline_id: str = ""  # the baseline whose bins the summaries count over
 
     @classmethod
     def empty(cls, index: int, baseline: Baseline) -> Pane:
-        return cls(index, 0, {name: f.layout.empty() for name, f in baseline.features.items()})
+        return cls(index, 0, {name: f.layout.empty() for name, f in baseline.features.items()},
+                   baseline_id=baseline.id)
 
     def merge(self, other: Pane) -> None:
         """Add ``other`` (same baseline) into this pane."""
+        if other.baseline_id != self.baseline_id:
+            raise BaselineMismatch(f"cannot merge a pane summarized against baseline "
+                                   f"{other.baseline_id} into one of baseline {self.baseline_id}")
         self.records += other.records
         for name, summary in other.summaries.items():
             self.summaries[name].merge(summary)
@@ -62,7 +71,7 @@ class Pane:
     def copy(self) -> Pane:
         return Pane(self.index, self.records,
                     {name: s.copy() for name, s in self.summaries.items()},
-                    dict(self.new_features))
+                    dict(self.new_features), self.baseline_id)
 
     def to_bytes(self) -> bytes:
         """Serialize, zlib-compressed (the baseline supplies the layouts when reading back).
@@ -72,6 +81,7 @@ class Pane:
         parts = [s.to_bytes() for s in self.summaries.values()]
         header = orjson.dumps({
             "index": self.index, "records": self.records, "new_features": self.new_features,
+            "baseline": self.baseline_id,
             "summaries": [[name, len(part)] for name, part in zip(self.summaries, parts,
                                                                   strict=True)]})
         return zlib.compress(struct.pack("<I", len(header)) + header + b"".join(parts), 1)
@@ -84,6 +94,9 @@ class Pane:
             raw = orjson.loads(body[4:4 + size])
         except (zlib.error, struct.error, orjson.JSONDecodeError) as exc:
             raise ValueError(f"not a serialized pane ({exc})") from None
+        if raw.get("baseline") != baseline.id:
+            raise BaselineMismatch(f"pane {raw['index']} was summarized against baseline "
+                                   f"{raw.get('baseline') or '(unknown)'}, not {baseline.id}")
         offset = 4 + size
         summaries: dict[str, Summary] = {}
         for name, length in raw["summaries"]:
@@ -94,7 +107,8 @@ class Pane:
                 else NumericSummary
             summaries[name] = reader.from_bytes(body[offset:offset + length], feature.layout)
             offset += length
-        return cls(raw["index"], raw["records"], summaries, dict(raw["new_features"]))
+        return cls(raw["index"], raw["records"], summaries, dict(raw["new_features"]),
+                   baseline.id)
 
 
 class SlidingWindow:

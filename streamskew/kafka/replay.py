@@ -2,10 +2,10 @@
 
 Partitions are assigned by hand from ``offsets_for_times(start)`` to ``offsets_for_times(end)``
 (record timestamps), nothing is committed to any group, and only records whose *event* time
-lies in ``[start, end)`` count. Each partition gets its own
-:class:`~streamskew.detector.builder.PaneBuilder` and one
-:class:`~streamskew.detector.evaluator.Evaluator` merges them, exactly as the live service
-does, so a replay yields the events (and event ids) a live run over the same records yields.
+lies in ``[start, end)`` count. Each partition is a source of one
+:class:`~streamskew.detector.sources.SourceCoordinator`, which decides lateness per record
+and closes panes once every partition has passed them, exactly as the live service does, so
+a replay yields the events (and event ids) a live run over the same records yields.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from kafka import TopicPartition as TP
 
 from ..baseline import Baseline
 from ..config import Config
-from ..detector.builder import BuilderStats, PaneBuilder
-from ..detector.evaluator import Evaluator, WindowResult
+from ..detector.builder import BuilderStats
+from ..detector.evaluator import WindowResult
 from ..detector.events import SkewEvent
-from ..records import NO_TIME
+from ..detector.sources import SourceCoordinator
 from .clients import admin_settings, consumer_settings
 from .topics import source_topics
 
@@ -74,9 +74,9 @@ def replay(config: Config, baselines: Baseline | Mapping[str, Baseline], start_m
                       for p in sorted(consumer.partitions_for_topic(t) or ())]
         first, last = _range_offsets(consumer, partitions, start_ms, end_ms)
         todo = [tp for tp in partitions if first[tp] < last[tp]]
-        builders = {tp: PaneBuilder(config, models, time_range=(start_ms, end_ms))
-                    for tp in todo}
-        evaluator = Evaluator(config, models, on_window=on_window)
+        sources = SourceCoordinator(config, models, on_window=on_window,
+                                    time_range=(start_ms, end_ms))
+        sources.expect(_name(tp) for tp in todo)
         consumer.assign(todo)
         for tp in todo:
             consumer.seek(tp, first[tp])
@@ -96,29 +96,28 @@ def replay(config: Config, baselines: Baseline | Mapping[str, Baseline], start_m
                 for tp, records in batches.items():
                     records = [r for r in records if r.offset < last[tp]]
                     if records:
-                        sealed = builders[tp].add(
-                            [r.value if r.value is not None else b"" for r in records],
-                            timestamps=[r.timestamp for r in records])
-                        for pane in sealed:
-                            evaluator.add_pane(pane.model, pane.index, pane.pane)
+                        _emit(sources.add(_name(tp),
+                                          [r.value if r.value is not None else b""
+                                           for r in records],
+                                          timestamps=[r.timestamp for r in records],
+                                          ids=[r.offset for r in records]), result, on_event)
                         bar.update(len(records))
                         result.records += len(records)
                     if consumer.position(tp) >= last[tp]:
-                        for pane in builders[tp].seal_all():
-                            evaluator.add_pane(pane.model, pane.index, pane.pane)
+                        _emit(sources.finish(_name(tp)), result, on_event)
                         active.discard(tp)
                         consumer.pause(tp)
-                # Finished partitions can add nothing: only the others hold the clock back.
-                marks = [builders[tp].watermark for tp in active]
-                if marks and NO_TIME not in marks:
-                    _emit(evaluator.advance(min(marks)), result, on_event)
-        _emit(evaluator.flush(), result, on_event)
-        for builder in builders.values():
-            result.stats.merge(builder.stats)
-        result.windows = evaluator.windows
+        _emit(sources.end_of_input(), result, on_event)
+        result.stats = sources.builder_stats
+        result.stats.late += sources.evaluator.late_records
+        result.windows = sources.evaluator.windows
         return result
     finally:
         consumer.close()
+
+
+def _name(tp: TP) -> str:
+    return f"{tp.topic}/{tp.partition}"
 
 
 def _emit(events: list[SkewEvent], result: ReplayResult,

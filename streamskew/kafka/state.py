@@ -1,19 +1,30 @@
-"""Checkpoints in a compacted Kafka topic: the latest value per key wins.
+"""What the service writes to its internal topics, and reading checkpoints back.
 
-Keys name what they restore: ``builder/<group>/<topic>/<partition>`` (a source partition's
-open panes and clocks) and ``evaluator/<group>/<panes partition>`` (windows, pending panes,
-hysteresis, source watermarks). They are written in the same Kafka transaction as the
-offsets they correspond to, so a restored checkpoint always matches the committed position.
+**Checkpoints** live in a compacted topic: the latest value per key wins. Keys name what
+they restore: ``builder/<group>/<topic>/<partition>`` (a source partition's open panes,
+clock and held records) and ``evaluator/<group>/<panes partition>`` (every source's
+watermark, windows, pending panes, hysteresis). They are written in the same Kafka
+transaction as the offsets they correspond to, so a restored checkpoint always matches the
+committed position. A checkpoint value is a JSON header line (the consumer position it
+belongs to, ...) followed by the engine's own snapshot bytes.
+
+**Panes-topic records** hand sealed panes and watermarks from the source stage to the
+evaluator stage: a JSON header line (kind ``pane`` or ``watermark``, the source partition,
+the deployment's group and, for panes, the model, pane index and baseline id), then the
+pane's bytes for kind ``pane``.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from kafka import KafkaConsumer, TopicPartition
 
-__all__ = ["builder_key", "evaluator_key", "read_latest"]
+__all__ = ["BuilderCheckpoint", "EvaluatorCheckpoint", "PaneMessage", "builder_key",
+           "evaluator_key", "read_latest"]
 
 
 def builder_key(group: str, topic: str, partition: int) -> bytes:
@@ -22,6 +33,83 @@ def builder_key(group: str, topic: str, partition: int) -> bytes:
 
 def evaluator_key(group: str, partition: int) -> bytes:
     return f"evaluator/{group}/{partition}".encode()
+
+
+def _split(value: bytes) -> tuple[dict[str, Any], bytes]:
+    header, _, body = value.partition(b"\n")
+    return orjson.loads(header), body
+
+
+@dataclass(frozen=True)
+class BuilderCheckpoint:
+    """A source partition's state: its builder's snapshot and where its consumer stood."""
+
+    position: int | None
+    final: bool  # sealed for good (until_end reached the partition's end)
+    state: bytes  # PaneBuilder.state_bytes()
+
+    def encode(self) -> bytes:
+        return orjson.dumps({"final": self.final, "position": self.position}) + b"\n" \
+            + self.state
+
+    @classmethod
+    def decode(cls, value: bytes) -> BuilderCheckpoint:
+        header, state = _split(value)
+        return cls(header.get("position"), header["final"], state)
+
+
+@dataclass(frozen=True)
+class EvaluatorCheckpoint:
+    """The evaluator stage's state: its coordinator's snapshot and its panes position."""
+
+    position: int
+    state: bytes  # SourceCoordinator.snapshot()
+
+    def encode(self) -> bytes:
+        return orjson.dumps({"position": self.position}) + b"\n" + self.state
+
+    @classmethod
+    def decode(cls, value: bytes) -> EvaluatorCheckpoint:
+        header, state = _split(value)
+        return cls(header["position"], state)
+
+
+@dataclass(frozen=True)
+class PaneMessage:
+    """One panes-topic record: a sealed pane, or a source's watermark heartbeat."""
+
+    kind: str  # "pane" or "watermark"
+    source: str  # "topic/partition"
+    group: str  # the deployment that wrote it
+    model: str = ""
+    index: int = 0
+    baseline: str = ""
+    watermark: int = 0
+    idle: bool = False
+    final: bool = False
+    payload: bytes = b""  # the pane's bytes
+
+    def encode(self) -> bytes:
+        header: dict[str, Any] = {"kind": self.kind, "source": self.source,
+                                  "group": self.group}
+        if self.kind == "pane":
+            header.update(model=self.model, index=self.index, baseline=self.baseline)
+        else:
+            header.update(watermark=self.watermark, idle=self.idle, final=self.final)
+        return orjson.dumps(header) + b"\n" + self.payload
+
+    @classmethod
+    def decode(cls, value: bytes) -> PaneMessage:
+        """Raises ValueError for a record that is not a panes-topic message."""
+        try:
+            header, payload = _split(value)
+            return cls(kind=header["kind"], source=header["source"],
+                       group=header.get("group", ""), model=header.get("model", ""),
+                       index=header.get("index", 0), baseline=header.get("baseline", ""),
+                       watermark=header.get("watermark", 0), idle=header.get("idle", False),
+                       final=header.get("final", False), payload=payload)
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not a streamskew panes record ({exc!r})") from None
 
 
 def read_latest(settings: dict[str, Any], topic: str, keys: set[bytes],

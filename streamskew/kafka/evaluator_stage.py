@@ -1,0 +1,179 @@
+"""Stage 2 of the service: the panes topic -> windows -> skew events.
+
+The process that owns the panes topic's partition (group ``<group_id>.evaluator``) feeds
+every source partition's sealed panes and watermark heartbeats to one
+:class:`~streamskew.detector.sources.SourceCoordinator`, which closes a pane once every
+partition has passed it and judges the windows. Alerts, the coordinator's checkpoint and the
+panes offsets are committed in one Kafka transaction (:meth:`EvaluatorStage.commit`).
+
+Records on the panes topic that another deployment wrote (another group id) or that were
+summarized against another baseline are counted and skipped, never merged: their bins would
+mean something else.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from kafka import KafkaConsumer, KafkaProducer
+from kafka import TopicPartition as TP
+from kafka.structs import OffsetAndMetadata
+
+from ..baseline import Baseline
+from ..config import Config
+from ..detector.builder import baseline_for
+from ..detector.evaluator import WindowResult
+from ..detector.events import SkewEvent
+from ..detector.sources import SourceCoordinator
+from ..detector.window import BaselineMismatch, Pane
+from .metrics import Metrics
+from .state import EvaluatorCheckpoint, PaneMessage, evaluator_key
+
+__all__ = ["EvaluatorStage"]
+
+log = logging.getLogger(__name__)
+
+
+class EvaluatorStage:
+    """The evaluation, when this process owns the panes topic (see the module docs)."""
+
+    def __init__(self, config: Config, baselines: Mapping[str, Baseline], metrics: Metrics,
+                 expected: Callable[[], Iterable[str]]) -> None:
+        self.config = config
+        self.kafka = config.kafka
+        self.group = config.kafka.group_id
+        self.baselines = baselines
+        self.metrics = metrics
+        self.expected = expected  # every source partition the windows must wait for
+        self.consumer: KafkaConsumer | None = None  # set by the service once connected
+        self.sources: SourceCoordinator | None = None  # while this process evaluates
+        self.partitions: set[TP] = set()
+        self.pending: list[SkewEvent] = []  # judged, not committed yet
+        self.committed_positions: dict[TP, int] | None = None
+        self.windows_before = 0  # windows the restored coordinator had judged elsewhere
+        self.windows = 0  # windows judged by this process, over its ownerships
+        self.skipped: dict[str, int] = {}  # panes-topic records skipped, by reason
+
+    @property
+    def owner(self) -> bool:
+        return self.sources is not None
+
+    @property
+    def done(self) -> bool:
+        """until_end: every source finished and the evaluation flushed."""
+        return self.sources is None or self.sources.done
+
+    # -- panes -------------------------------------------------------------------------------
+
+    def on_records(self, records: Iterable[Any]) -> None:
+        if self.sources is None:
+            return
+        for record in records:
+            self._on_message(record.value)
+
+    def _on_message(self, value: bytes | None) -> None:
+        assert self.sources is not None
+        try:
+            message = PaneMessage.decode(value or b"")
+        except ValueError:
+            self._skip("not_a_pane_record")
+            return
+        if message.group != self.group:  # another deployment sharing the topic
+            self._skip("other_deployment")
+            return
+        if message.kind == "pane":
+            try:
+                pane = Pane.from_bytes(message.payload,
+                                       baseline_for(self.baselines, message.model))
+            except BaselineMismatch:
+                self._skip("other_baseline")
+                return
+            self.sources.add_pane(message.source, message.model, message.index, pane)
+        else:
+            self.pending.extend(self.sources.heartbeat(message.source, message.watermark,
+                                                       idle=message.idle, final=message.final))
+
+    def _skip(self, reason: str) -> None:
+        count = self.skipped.get(reason, 0)
+        if not count:
+            log.warning("panes topic %s: skipping records (%s); counted from now on",
+                        self.kafka.panes_topic, reason.replace("_", " "))
+        self.skipped[reason] = count + 1
+
+    def on_window(self, result: WindowResult) -> None:
+        self.metrics.pane_closed(result.model)
+        self.metrics.window_judged(result.model, result.results)
+
+    # -- commits -----------------------------------------------------------------------------
+
+    def commit(self, producer: KafkaProducer, transaction: Any,
+               on_event: Callable[[SkewEvent], None]) -> bool:
+        """Alerts, checkpoint and panes offsets in one transaction (when anything changed)."""
+        if self.sources is None:
+            return False
+        assert self.consumer is not None
+        positions = {tp: self.consumer.position(tp) for tp in self.partitions}
+        if not self.pending and positions == self.committed_positions:
+            return False
+        snapshot = self.sources.snapshot()
+        with transaction(producer):
+            for event in self.pending:
+                producer.send(self.kafka.alerts_topic, key=event.key.encode(),
+                              value=event.to_json(), timestamp_ms=event.window_end)
+            for tp in self.partitions:
+                producer.send(self.kafka.state_topic, key=evaluator_key(self.group,
+                                                                        tp.partition),
+                              value=EvaluatorCheckpoint(positions[tp], snapshot).encode())
+            producer.send_offsets_to_transaction(
+                {tp: OffsetAndMetadata(p, "", -1) for tp, p in positions.items()},
+                self.consumer.group_metadata())
+        self.committed_positions = positions
+        for event in self.pending:
+            self.metrics.event(event)
+            on_event(event)
+        self.pending.clear()
+        return True
+
+    # -- rebalances --------------------------------------------------------------------------
+
+    def assign(self, partitions: list[TP], saved: Mapping[bytes, bytes]) -> None:
+        assert self.consumer is not None
+        self.sources = SourceCoordinator(self.config, self.baselines,
+                                         on_window=self.on_window)
+        self.partitions = set(partitions)
+        for tp in partitions:  # one panes partition in the default layout
+            value = saved.get(evaluator_key(self.group, tp.partition))
+            if value is None:
+                continue
+            checkpoint = EvaluatorCheckpoint.decode(value)
+            try:
+                self.sources.restore(checkpoint.state)
+            except BaselineMismatch as exc:
+                log.warning("evaluator checkpoint not restored (%s): windows start empty",
+                            exc)
+                self._skip("other_baseline")
+            self.consumer.seek(tp, checkpoint.position)
+        self.sources.expect(self.expected())
+        self.committed_positions = None
+        self.windows_before = self.sources.evaluator.windows  # judged by earlier owners
+        log.info("evaluating %s", ", ".join(f"{tp.topic}/{tp.partition}" for tp in partitions))
+
+    def revoke(self, producer: KafkaProducer, transaction: Any,
+               on_event: Callable[[SkewEvent], None]) -> None:
+        if self.sources is None:
+            return
+        try:
+            self.commit(producer, transaction, on_event)
+        except Exception:
+            log.warning("evaluator checkpoint on revoke failed", exc_info=True)
+        self.release()
+        self.pending.clear()
+
+    def release(self) -> None:
+        """Stop evaluating (revoked, or closing), counting the windows judged here."""
+        if self.sources is not None:
+            self.windows += self.sources.evaluator.windows - self.windows_before
+        self.sources = None
+        self.partitions = set()

@@ -1,0 +1,271 @@
+"""Stage 1 of the service: the source partitions this process owns -> sealed panes.
+
+Every assigned partition is one engine source with its own
+:class:`~streamskew.detector.builder.PaneBuilder`. Polled records are folded; sealed partial
+panes, dead letters and the partition's watermark wait for the next checkpoint, which writes
+them with the builders' checkpoints and the consumed offsets in one Kafka transaction
+(:meth:`SourceStage.commit`). Idle partitions are decided here, from the service's clock,
+and told to the evaluator as a flag on the heartbeat: the engine itself reads no clock.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from kafka import KafkaConsumer, KafkaProducer
+from kafka import TopicPartition as TP
+from kafka.errors import IllegalStateError
+from kafka.structs import OffsetAndMetadata
+
+from ..baseline import Baseline
+from ..config import Config
+from ..detector.builder import BuilderStats, PaneBuilder, SealedPane
+from ..detector.window import BaselineMismatch
+from ..records import NO_TIME, BadRecord
+from .metrics import Metrics
+from .state import BuilderCheckpoint, PaneMessage, builder_key
+
+__all__ = ["SourceStage", "dead_letter_headers", "source_name"]
+
+log = logging.getLogger(__name__)
+
+
+def source_name(tp: TP) -> str:
+    return f"{tp.topic}/{tp.partition}"
+
+
+def dead_letter_headers(record: BadRecord, tp: TP, offset: int) -> list[tuple[str, bytes]]:
+    return [("streamskew.reason", record.reason.encode()),
+            ("streamskew.detail", record.detail.encode()[:1000]),
+            ("streamskew.used", b"true" if record.used else b"false"),
+            ("streamskew.source.topic", tp.topic.encode()),
+            ("streamskew.source.partition", str(tp.partition).encode()),
+            ("streamskew.source.offset", str(offset).encode())]
+
+
+class _Source:
+    """One assigned source partition: its builder, position, and what waits for commit."""
+
+    def __init__(self, tp: TP, builder: PaneBuilder, final: bool, now: float) -> None:
+        self.tp = tp
+        self.name = source_name(tp)
+        self.builder = builder
+        self.final = final
+        self.position: int | None = None
+        self.dirty = False  # a new position or state to checkpoint
+        self.last_record = now
+        self.sent: tuple[int, bool, bool] | None = None  # last heartbeat: watermark, idle, final
+        self.reported_late = 0
+        self.panes: list[SealedPane] = []  # sealed, not committed yet
+        self.dead: list[BadRecord] = []  # dead letters (position = offset), not committed yet
+
+
+class SourceStage:
+    """The builders of this process's source partitions (see the module docs)."""
+
+    def __init__(self, config: Config, baselines: Mapping[str, Baseline], metrics: Metrics,
+                 clock: Callable[[], float], until_end: bool, idle_timeout_s: float) -> None:
+        self.config = config
+        self.kafka = config.kafka
+        self.group = config.kafka.group_id
+        self.baselines = baselines
+        self.metrics = metrics
+        self.clock = clock
+        self.until_end = until_end
+        self.idle_timeout_s = idle_timeout_s
+        self.consumer: KafkaConsumer | None = None  # set by the service once connected
+        self.sources: dict[TP, _Source] = {}
+        self.targets: dict[TP, int] = {}  # until_end: the end offsets seen at start
+        self.stats = BuilderStats()  # of partitions no longer owned
+        self.dead_letters = 0
+        self.skipped_checkpoints = 0  # built against another baseline
+
+    # -- records -----------------------------------------------------------------------------
+
+    def feed(self, tp: TP, records: list[Any]) -> None:
+        source = self.sources.get(tp)
+        if source is None or not records:
+            return
+        source.position = records[-1].offset + 1
+        source.dirty = True
+        if source.final:  # already sealed for good (until_end): nothing more to fold
+            return
+        source.builder.on_bad_record = source.dead.append
+        values = [r.value if r.value is not None else b"" for r in records]
+        source.panes.extend(source.builder.add(
+            values, timestamps=[r.timestamp for r in records],
+            ids=[r.offset for r in records]))
+        source.last_record = self.clock()
+        self.metrics.records(tp.topic, len(records))
+
+    def follow_positions(self) -> None:
+        """Take the consumer's fetch position as each source's position. It is past every
+        record the consumer returned, and also past offsets that returned none: transaction
+        markers and aborted records (read_committed skips them), and records deleted by
+        retention before they were read. The last record's offset + 1 alone can stay short
+        of the end offset for good. With until_end, a partition at its end is sealed."""
+        for source in self.sources.values():
+            position = self._fetch_position(source.tp)
+            if position is not None and position != source.position:
+                source.position = position
+                source.dirty = True
+            if self.until_end and not source.final:
+                target = self.targets.get(source.tp)
+                if target is not None and source.position is not None \
+                        and source.position >= target:
+                    source.panes.extend(source.builder.seal_all())
+                    source.final = source.dirty = True
+
+    def _fetch_position(self, tp: TP) -> int | None:
+        """The consumer's position for ``tp``, or None while it has none yet. Never blocks:
+        a partition that is still waiting for its committed offset (e.g. held back by a dead
+        replica's pending transactional offsets) must not stall the loop."""
+        assert self.consumer is not None
+        try:
+            return self.consumer.position(tp, timeout_ms=0)
+        except IllegalStateError:  # no longer assigned (a rebalance is under way)
+            return None
+
+    # -- commits -----------------------------------------------------------------------------
+
+    def commit(self, producer: KafkaProducer, transaction: Any,
+               only: set[TP] | None = None) -> bool:
+        """Write the chosen sources' panes, dead letters, heartbeats, checkpoints and
+        offsets in one transaction; returns whether there was anything to write."""
+        chosen = [s for tp, s in self.sources.items() if only is None or tp in only]
+        now = self.clock()
+        due = [(s, self._heartbeat(s, now)) for s in chosen]
+        due = [(s, beat) for s, beat in due if s.dirty or s.panes or s.dead or beat != s.sent]
+        if not due:
+            return False
+        assert self.consumer is not None
+        panes_partitions = sorted(producer.partitions_for(self.kafka.panes_topic))
+        with transaction(producer):
+            offsets = {}
+            for source, (watermark, idle, final) in due:
+                for sealed in source.panes:
+                    producer.send(self.kafka.panes_topic, key=sealed.model.encode(),
+                                  value=PaneMessage("pane", source.name, self.group,
+                                                    model=sealed.model, index=sealed.index,
+                                                    baseline=sealed.pane.baseline_id,
+                                                    payload=sealed.pane.to_bytes()).encode())
+                for record in source.dead:
+                    producer.send(self.kafka.dlq_topic, key=None, value=record.raw,
+                                  headers=dead_letter_headers(record, source.tp,
+                                                              record.position))
+                # Every panes partition's evaluator needs every source's watermark.
+                beat = PaneMessage("watermark", source.name, self.group, watermark=watermark,
+                                   idle=idle, final=final).encode()
+                for partition in panes_partitions:
+                    producer.send(self.kafka.panes_topic, partition=partition, key=None,
+                                  value=beat)
+                producer.send(self.kafka.state_topic,
+                              key=builder_key(self.group, source.tp.topic, source.tp.partition),
+                              value=BuilderCheckpoint(source.position, source.final,
+                                                      source.builder.state_bytes()).encode())
+                if source.position is not None:
+                    offsets[source.tp] = OffsetAndMetadata(source.position, "", -1)
+            if offsets:
+                producer.send_offsets_to_transaction(offsets, self.consumer.group_metadata())
+        for source, beat in due:
+            for record in source.dead:
+                self.metrics.bad_record(source.tp.topic, record.reason)
+            self.dead_letters += len(source.dead)
+            source.panes, source.dead = [], []
+            source.dirty = False
+            source.sent = beat
+        return True
+
+    def _heartbeat(self, source: _Source, now: float) -> tuple[int, bool, bool]:
+        idle = (not self.until_end and now - source.last_record > self.idle_timeout_s
+                and self._caught_up(source))
+        return source.builder.watermark, idle, source.final
+
+    def _caught_up(self, source: _Source) -> bool:
+        assert self.consumer is not None
+        try:
+            highwater = self.consumer.highwater(source.tp)
+        except (AssertionError, KeyError):
+            return False
+        return highwater is not None and source.position is not None \
+            and source.position >= highwater
+
+    def report(self) -> None:
+        """Lag, watermark and late records per owned partition, for the metrics."""
+        assert self.consumer is not None
+        for source in self.sources.values():
+            tp = source.tp
+            late = source.builder.stats.late
+            if late > source.reported_late:
+                self.metrics.late(tp.topic, late - source.reported_late)
+                source.reported_late = late
+            if source.builder.watermark != NO_TIME:
+                self.metrics.watermark(tp.topic, tp.partition, source.builder.watermark)
+            highwater = self.consumer.highwater(tp)
+            if highwater is not None and source.position is not None:
+                self.metrics.lag(tp.topic, tp.partition, max(highwater - source.position, 0))
+
+    # -- rebalances --------------------------------------------------------------------------
+
+    def assign(self, partitions: list[TP], saved: Mapping[bytes, bytes]) -> None:
+        """Take over partitions, each from its checkpoint (``saved``, by key) if any."""
+        assert self.consumer is not None
+        for tp in partitions:
+            builder = PaneBuilder(self.config, self.baselines)
+            source = _Source(tp, builder, final=False, now=self.clock())
+            value = saved.get(builder_key(self.group, tp.topic, tp.partition))
+            if value is not None:
+                checkpoint = BuilderCheckpoint.decode(value)
+                try:
+                    builder.restore(checkpoint.state)
+                except BaselineMismatch as exc:
+                    self.skipped_checkpoints += 1
+                    log.warning("%s: checkpoint not restored (%s); its open panes are "
+                                "dropped and the partition continues from offset %s",
+                                source.name, exc, checkpoint.position)
+                    source.builder = PaneBuilder(self.config, self.baselines)
+                source.final = checkpoint.final
+                source.position = checkpoint.position  # not new, so not dirty
+                # Continue exactly where the checkpoint was taken. The committed offset says
+                # the same (same transaction), but reading it fails or falls back to the
+                # reset policy while a dead replica's transaction still holds pending offsets.
+                if checkpoint.position is not None:
+                    self.consumer.seek(tp, checkpoint.position)
+            self.sources[tp] = source
+        log.info("assigned %s", ", ".join(map(source_name, partitions)) or "nothing")
+
+    def revoke(self, partitions: list[TP], producer: KafkaProducer, transaction: Any) -> None:
+        """Checkpoint first, so the next owner continues exactly where we stopped."""
+        revoked = {tp for tp in partitions if tp in self.sources}
+        try:
+            self.commit(producer, transaction, only=revoked)
+        except Exception:  # the next owner redoes the work from the last checkpoint
+            log.warning("checkpoint on revoke failed; the new owner resumes from the last one",
+                        exc_info=True)
+        for tp in revoked:
+            self.stats.merge(self.sources.pop(tp).builder.stats)
+            self.metrics.forget_partition(tp.topic, tp.partition)
+        if revoked:
+            log.info("revoked %s", ", ".join(map(source_name, sorted(revoked))))
+
+    # -- the end -----------------------------------------------------------------------------
+
+    @property
+    def finishing(self) -> bool:
+        """until_end: a partition was sealed for good and waits for its commit."""
+        return any(s.final and s.dirty for s in self.sources.values())
+
+    @property
+    def done(self) -> bool:
+        """until_end: every owned partition sealed and committed."""
+        return all(s.final and not (s.dirty or s.panes or s.dead)
+                   for s in self.sources.values())
+
+    def release(self) -> BuilderStats:
+        """Forget every source (all committed); returns the record counters of the run."""
+        for source in self.sources.values():
+            self.stats.merge(source.builder.stats)
+        self.sources.clear()
+        return self.stats
