@@ -405,8 +405,8 @@ def quantile_chart(
     serving_probs: Sequence[Any] | None,
     *,
     integer: bool = False,
-    width: int = 620,
-    height: int = 220,
+    width: int = 700,
+    height: int = 240,
     max_tooltips: int = 25,
     label: str = "serving window vs baseline",
 ) -> str:
@@ -594,7 +594,7 @@ def categorical_chart(
     *,
     unseen: Sequence[tuple[Any, Any]] | None = None,
     top: int = 16,
-    width: int = 620,
+    width: int = 700,
     row: int = 20,
     label: str = "category shares of the serving window vs baseline",
 ) -> str:
