@@ -122,6 +122,7 @@ def main() -> None:
         for _ in range(args.rounds):
             ours.append(load(page))
             reference.append(load(plain))
+        load(page)
         elements = driver.execute_script("return document.getElementsByTagName('*').length")
     finally:
         driver.quit()

@@ -142,7 +142,7 @@ def demo(demo_output) -> dict[str, Any]:
                       on_window=collector.on_window, on_bad_record=collector.on_bad_record)
     data = collector.data(run.detector.stats, run.events, "demo", None)
     return {"html": (directory / "report.html").read_text(encoding="utf-8"), "data": data,
-            "events": demo_events}
+            "events": demo_events, "collector": collector, "stats": run.detector.stats}
 
 
 # The demo's incidents (all resolve before the end) and where they must show.
@@ -238,6 +238,13 @@ def test_demo_report_shows_field_errors_beside_rejected_records(demo):
     assert '<div class="value">3,000</div>' in field and "wrong_type: 3,000" in field
 
 
+def test_detect_file_hands_every_bad_record_to_the_collector(demo):
+    collector, stats = demo["collector"], demo["stats"]
+    seen = sum(collector.bad_without_time.values()) + sum(
+        sum(c.values()) for c in collector._bad.values())
+    assert seen == stats.bad_total + sum(stats.field_errors.values()) == 9 + 3000
+
+
 def test_demo_categorical_overlay_names_the_unseen_value(demo):
     card = feature_card(demo["html"], "cut")
     unseen = re.search(r'<div class="incident" id="inc-\d+" data-feature="cut"'
@@ -325,11 +332,16 @@ def test_bad_records_are_counted_per_incident_span(small_baseline):
                                "field_errors": {"wrong_type": 8},
                                "feature_field_errors": {"wrong_type": 7}, "without_time": 1}
     assert data["summary"]["bad_without_time"] == 1
+    # a run whose bad records never reached the collector (replay today): all are untimed
+    unseen = ReportCollector(small_baseline)
+    unseen.on_window(window(small_baseline, 0, [check("amount", "distribution", "jsd", .5, .1)]))
+    untimed = unseen.data(_Stats(), events, "t", None)
+    assert untimed["summary"]["bad_without_time"] == 4 + 6
     html = render_report(data)
     view = re.search(r'<div class="incident".*?(?=<details|</article>)', html, re.S).group(0)
     assert "invalid_json: 1" in view and "wrong_type: 8" in view
     assert "of which in <b>amount</b>: wrong_type 7" in view
-    assert "1 bad records of the run had no known event time" in view
+    assert "1 bad records of the run have no event time known to the report" in view
 
 
 def test_active_incident_sorts_first_and_counts(small_baseline):
@@ -402,8 +414,11 @@ def test_integer_feature_shows_whole_numbers_in_the_report(small_baseline):
         collector.on_window(window(small_baseline, i,
                                    [check("count", "distribution", "jsd", 0.4, 0.1)],
                                    {"count": rng.integers(3, 17, 700).astype(float)}))
-    events = [skew_event("skew_detected", "count", "distribution", "jsd", T0 + MINUTE)]
-    data = collector.data(_Stats(), events, "t", None)
+    event = skew_event("skew_detected", "count", "distribution", "jsd", T0 + MINUTE)
+    event = SkewEvent(**{**event.__dict__, "evidence": {  # the engine's sketch quantiles
+        "serving": {"p01": 2.98, "p50": 9.04, "p99": 15.92},
+        "baseline": {"p01": 1.0, "p50": 9.0, "p99": 16.0}}})
+    data = collector.data(_Stats(), [event], "t", None)
     feature = data["models"][0]["features"][0]
     assert feature["integer"] is True
     html = render_report(data)
@@ -412,6 +427,8 @@ def test_integer_feature_shows_whole_numbers_in_the_report(small_baseline):
     mean_cells = 2  # the last row (mean) is not a quantile
     assert all(re.fullmatch(r"\d+", c) for c in cells[:-mean_cells]), cells
     assert "integer-valued" in feature_card(html, "count")
+    for chip in ("p01 1 \u2192 3", "p50 9 \u2192 9", "p99 16 \u2192 16"):
+        assert f'<span class="chip">{chip}</span>' in html
 
 
 # --------------------------------------------------------------------------- size bound

@@ -131,6 +131,7 @@ class ReportCollector:
         self._bad: dict[tuple[str, bool, str | None], Counter[int]] = {}
         self.bad_without_time: Counter[tuple[str, bool]] = Counter()
         self._detail_feature: dict[str, str | None] = {}
+        self._untimed = 0
 
     # -- input ------------------------------------------------------------------------------
 
@@ -242,6 +243,11 @@ class ReportCollector:
     def data(self, stats: DetectorStats, events: list[SkewEvent], source: str,
              baseline_path: str | None) -> dict[str, Any]:
         """The report's input (see :func:`streamskew.report.render_report`)."""
+        # Bad records the spans cannot show: no event time, or never handed to
+        # on_bad_record (the run's totals count them all).
+        timed = sum(sum(c.values()) for c in self._bad.values())
+        total = sum(stats.bad.values()) + sum(stats.field_errors.values())
+        self._untimed = max(total - timed, sum(self.bad_without_time.values()))
         incidents = _incidents(events)
         models = []
         names = sorted(set(self.models) | {e.model for e in events})
@@ -286,7 +292,7 @@ class ReportCollector:
             "summary": {"records": stats.records, "accepted": stats.accepted,
                         "bad_records": dict(stats.bad),
                         "field_errors": dict(stats.field_errors),
-                        "bad_without_time": sum(self.bad_without_time.values()),
+                        "bad_without_time": self._untimed,
                         "late_records": stats.late, "windows": stats.windows,
                         "events": len(events)},
             "events": [e.to_dict() for e in events],
@@ -349,7 +355,7 @@ class ReportCollector:
                 this_feature[reason] += n
         return {"rejected": dict(rejected), "field_errors": dict(field_errors),
                 "feature_field_errors": dict(this_feature),
-                "without_time": sum(self.bad_without_time.values())}
+                "without_time": self._untimed}
 
 
 # --------------------------------------------------------------------------- helpers
