@@ -123,6 +123,7 @@ def detect(config_path: str | None, baseline_path: str | None, input_path: str,
             run = detect_file(config, baseline, input_path, on_event=write_event,
                               dead_letters=dead,
                               on_window=collector.on_window if collector else None,
+                              on_bad_record=collector.on_bad_record if collector else None,
                               progress=sys.stderr.isatty())
         except OSError as exc:
             raise _Problem(f"{input_path}: cannot read: {exc.strerror}") from None
@@ -289,7 +290,8 @@ def replay(config_path: str, baseline_path: str | None, bootstrap_servers: str |
         try:
             result = run_replay(config, baseline, start_ms, end_ms, bootstrap_servers,
                                 on_event=sink,
-                                on_window=collector.on_window if collector else None)
+                                on_window=collector.on_window if collector else None,
+                                on_bad_record=collector.on_bad_record if collector else None)
         except (RuntimeError, TimeoutError) as exc:
             raise _Problem(str(exc)) from None
     stats = result.stats

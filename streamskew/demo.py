@@ -187,7 +187,8 @@ def run_demo(output_dir: Path, report: bool = True) -> list[SkewEvent]:
 
         run = detect_file(config, baseline, requests_path, on_event=on_event,
                           dead_letters=dead,
-                          on_window=collector.on_window if collector else None)
+                          on_window=collector.on_window if collector else None,
+                          on_bad_record=collector.on_bad_record if collector else None)
     stats = run.detector.stats
     echo(f"\n4. {stats.summary()}\n   events -> {events_path}\n   bad records -> "
          f"{output_dir / 'dead-letters.jsonl'}")

@@ -76,11 +76,14 @@ def detect_file(config: Config, baseline: Baseline, path: str | os.PathLike[str]
                 on_event: Callable[[SkewEvent], None] | None = None,
                 dead_letters: IO[bytes] | None = None,
                 on_window: Callable[[WindowResult], None] | None = None,
-                progress: bool = False) -> DetectRun:
+                progress: bool = False,
+                on_bad_record: Callable[[BadRecord], None] | None = None) -> DetectRun:
     """Run the engine over one JSONL file of messages."""
     from tqdm import tqdm
 
     def on_bad(record: BadRecord) -> None:
+        if on_bad_record is not None:
+            on_bad_record(record)
         if dead_letters is not None:  # the record's id in the file is its line number
             dead_letters.write(dead_letter_json(record, record.position, str(path)) + b"\n")
 

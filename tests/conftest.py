@@ -78,3 +78,20 @@ def topic(kafka_bootstrap, stream):
     create_topic(kafka_bootstrap, name)
     produce(kafka_bootstrap, name, stream)
     return name
+
+
+# --------------------------------------------------------------------------------------------
+# The demo's output (baseline, requests, events, report.html), made once per session for the
+# report tests (tests/test_report.py, tests/test_report_browser.py).
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def demo_output(tmp_path_factory: pytest.TempPathFactory):
+    """The directory ``streamskew demo`` wrote, and the events it returned."""
+    pytest.importorskip("jinja2")
+    from streamskew.demo import run_demo
+
+    directory = tmp_path_factory.mktemp("demo")
+    events = run_demo(directory, report=True)
+    return directory, events

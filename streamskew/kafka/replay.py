@@ -24,6 +24,7 @@ from ..detector.builder import BuilderStats
 from ..detector.evaluator import WindowResult
 from ..detector.events import SkewEvent
 from ..detector.sources import SourceCoordinator
+from ..records import BadRecord
 from .clients import admin_settings, consumer_settings
 from .topics import source_topics
 
@@ -54,8 +55,12 @@ def replay(config: Config, baselines: Baseline | Mapping[str, Baseline], start_m
            end_ms: int | None = None, bootstrap_servers: str | None = None,
            on_event: Callable[[SkewEvent], None] | None = None,
            on_window: Callable[[WindowResult], None] | None = None,
-           progress: bool | None = None) -> ReplayResult:
-    """Replay ``[start_ms, end_ms)`` of the configured topics through the engine."""
+           progress: bool | None = None,
+           on_bad_record: Callable[[BadRecord], None] | None = None) -> ReplayResult:
+    """Replay ``[start_ms, end_ms)`` of the configured topics through the engine.
+
+    ``on_bad_record`` sees every record the engine turned away (its ``position`` is the
+    record's offset in its partition); a replay writes no dead letters itself."""
     from tqdm import tqdm
 
     models = {"default": baselines} if isinstance(baselines, Baseline) else dict(baselines)
@@ -74,7 +79,9 @@ def replay(config: Config, baselines: Baseline | Mapping[str, Baseline], start_m
                       for p in sorted(consumer.partitions_for_topic(t) or ())]
         first, last = _range_offsets(consumer, partitions, start_ms, end_ms)
         todo = [tp for tp in partitions if first[tp] < last[tp]]
-        sources = SourceCoordinator(config, models, on_window=on_window,
+        report = None if on_bad_record is None else (
+            lambda source, record: on_bad_record(record))
+        sources = SourceCoordinator(config, models, on_bad_record=report, on_window=on_window,
                                     time_range=(start_ms, end_ms))
         sources.expect(_name(tp) for tp in todo)
         consumer.assign(todo)

@@ -33,8 +33,9 @@ __all__ = [
     "fmt_time",
     "nice_range",
     "nice_ticks",
-    "numeric_chart",
-    "score_chart",
+    "quantile_chart",
+    "time_ticks",
+    "timeline_chart",
 ]
 
 # Palette (also used by the page's legend swatches).
@@ -47,6 +48,7 @@ OUTER_BG = "#fff7ed"
 AXIS = "#94a3b8"
 GRID = "#eef1f5"
 TEXT = "#64748b"
+TEXT_STRONG = "#334155"
 THRESHOLD = "#d97706"
 
 _DASH = "\u2014"  # shown for missing numbers
@@ -397,133 +399,180 @@ def _groups(n: int, max_groups: int) -> list[tuple[int, int]]:
 # --------------------------------------------------------------------------- numeric
 
 
-def numeric_chart(
+def quantile_chart(
     edges: Sequence[Any] | None,
     baseline_probs: Sequence[Any] | None,
     serving_probs: Sequence[Any] | None,
     *,
-    width: int = 560,
-    height: int = 210,
-    max_ticks: int = 5,
-    max_tooltips: int = 20,
+    integer: bool = False,
+    width: int = 700,
+    height: int = 240,
+    max_tooltips: int = 25,
+    label: str = "serving window vs baseline",
 ) -> str:
-    """Baseline vs serving probability per bin of a numeric feature.
+    """Baseline vs serving share per bin of a numeric feature, on a quantile-aligned axis.
 
-    ``baseline_probs``/``serving_probs`` hold ``k + 2`` values: the underflow bin (below
-    ``edges[0]``), ``k`` bins ``[edges[i], edges[i+1])`` and the overflow bin (at or above
-    ``edges[k]``). The bins are equal-mass in the baseline, so they are drawn by index (equal
-    widths) with a few edge values as tick labels; the underflow and overflow bins sit apart
-    on a tinted background, as side-by-side bars. Inside, the baseline is a filled step area
-    and the serving window a step line. Hover tooltips give ranges and probabilities (runs of
-    adjacent bins share one when there are more than ``max_tooltips`` bins, to keep the file
-    small). ``serving_probs`` may be None (no serving values in the window).
+    ``baseline_probs``/``serving_probs`` hold ``k + 2`` shares: below ``edges[0]``, the ``k``
+    bins ``[edges[i], edges[i+1])`` (the last closed) and above ``edges[k]``. Each bin is as
+    wide as its share of the training data (at least a fifth of an average bin), so the x
+    axis runs through the training quantiles: with more than 30 bins, evenly spaced tick
+    labels sit at the training's min, p10, p25, p50, p75, p90 and max and name the real
+    values there; with fewer, the real bin edges are named (and for an integer-valued
+    feature with one value per bin, each value under its own bar). Values below the
+    training minimum and above its maximum stand apart at both ends. Bars: baseline grey,
+    serving blue. ``serving_probs`` may be None (no serving values).
+
+    >>> edges = [i / 10 for i in range(41)]
+    >>> chart = quantile_chart(edges, [0] + [1 / 40] * 40 + [0], [.1] + [.9 / 40] * 40 + [0])
+    >>> chart.startswith("<svg"), ">p50<" in chart, ">2<" in chart
+    (True, True, True)
     """
-    edges_f = [_as_float(e) for e in edges] if edges is not None else []
-    n = max(len(baseline_probs or ()), len(serving_probs or ()))
-    if n < 3:
-        return _empty_chart(width, height, "no distribution for this window")
-    k = n - 2
+    edges_f = [_finite(e) for e in (edges or ())]
+    k = len(edges_f) - 1
+    if k < 1 or any(e is None for e in edges_f):
+        return _empty_chart(width, 90, "no bins to draw")
+    n = k + 2
     base = _probs(baseline_probs, n) or [0.0] * n
     serv = _probs(serving_probs, n)
-    have_edges = len(edges_f) == k + 1
+    inner = sum(base[1 : k + 1]) or 1.0
+    floor = 0.2 / k
+    widths = [max(b / inner, floor) for b in base[1 : k + 1]]
+    scale = sum(widths)
 
-    ml, mr, mt, mb = 46, 10, 24, 34
-    pw, ph = width - ml - mr, height - mt - mb
-    gap = 8.0
-    ow = min(28.0, max(14.0, pw / (k + 2)))  # width of the underflow/overflow slots
-    bw = (pw - 2 * ow - 2 * gap) / k
-    x_in0 = ml + ow + gap  # left edge of the first interior bin
-    x_over = x_in0 + k * bw + gap
-    _, ymax, ticks = nice_range(0.0, max(base + (serv or [])), 4)
-    y0 = mt + ph
+    ml, mr, mt, mb = 44, 8, 34, 46
+    side = 30  # under/overflow columns
+    gap = 6
+    x0 = ml + side + gap
+    pw = width - mr - side - gap - x0
+    y0 = height - mb
+    ph = y0 - mt
+    tallest = max([*base, *(serv or [])], default=0.0)
+    _, ymax, yticks = nice_range(0.0, tallest or 0.01, 4)
 
     def y_of(p: float) -> float:
         return y0 - ph * min(p, ymax) / ymax
 
-    def step(vals: Sequence[float], closed: bool) -> str:
-        # Relative moves in tenths of a pixel (exact, so no drift); runs of bins of equal
-        # height become one segment.
-        x = _tenths(x_in0)
-        y = _tenths(y0) if closed else _tenths(y_of(vals[1]))
-        d = [f"M{_pair(x, y)}"]
+    lefts = [x0]
+    for w in widths:
+        lefts.append(lefts[-1] + pw * w / scale)
+    # Where the training quantile q falls on the axis (in the bin that holds it).
+    cum = [0.0]
+    for b in base[1 : k + 1]:
+        cum.append(cum[-1] + b / inner)
+
+    def x_at_quantile(q: float) -> tuple[float, float]:
         for i in range(k):
-            yi = _tenths(y_of(vals[i + 1]))
-            if i + 1 < k and _tenths(y_of(vals[i + 2])) == yi:
+            if cum[i + 1] >= q - 1e-12 and (cum[i + 1] > cum[i] or i == k - 1):
+                share = cum[i + 1] - cum[i]
+                f = (q - cum[i]) / share if share > 0 else 0.0
+                return lefts[i] + f * (lefts[i + 1] - lefts[i]), edges_f[i] + f * (
+                    edges_f[i + 1] - edges_f[i]
+                )
+        return lefts[-1], edges_f[-1]
+
+    out = [_svg_open(width, height, label)]
+    out.append(
+        f'<path d="M{ml} {mt}h{side}v{_c(ph)}h{-side}zM{_c(x0 + pw + gap)} {mt}h{side}'
+        f'v{_c(ph)}h{-side}z" fill="{OUTER_BG}"/>'
+    )
+    out.append(_grid_y(yticks, y_of, ml, width - mr, fmt_pct))
+
+    def bars(vals: Sequence[float], inset: float) -> str:
+        d = []
+        for i in range(k):
+            p = vals[i + 1]
+            if p <= 0:
                 continue
-            xi = _tenths(x_in0 + (i + 1) * bw)
-            d.append(("" if yi == y else f"v{_n10(yi - y)}") + f"h{_n10(xi - x)}")
-            x, y = xi, yi
-        if closed:
-            d.append(f"V{_c(y0)}Z")
+            xa, xb = lefts[i] + inset, lefts[i + 1] - inset
+            if xb - xa < 0.6:
+                xb = xa + 0.6
+            d.append(f"M{_c(xa)} {_c(y0)}V{_c(y_of(p))}H{_c(xb)}V{_c(y0)}z")
+        for xs, idx in ((ml, 0), (x0 + pw + gap, n - 1)):
+            if vals[idx] > 0:
+                d.append(
+                    f"M{_c(xs + 3 + inset)} {_c(y0)}V{_c(y_of(vals[idx]))}"
+                    f"H{_c(xs + side - 3 - inset)}V{_c(y0)}z"
+                )
         return "".join(d)
 
-    out = [_svg_open(width, height, "distribution of the last window vs baseline")]
     out.append(
-        f'<path d="M{_c(ml)} {mt}h{_c(ow)}v{ph}h{_c(-ow)}zM{_c(x_over)} {mt}h{_c(ow)}v{ph}'
-        f'h{_c(-ow)}z" fill="{OUTER_BG}"/>'
+        f'<path d="{bars(base, 0)}" fill="{BASELINE_FILL}" stroke="{BASELINE_STROKE}"'
+        ' stroke-width="0.5"/>'
     )
-    out.append(_grid_y(ticks, y_of, ml, width - mr, fmt_pct))
-    out.append(
-        f'<path d="{step(base, True)}" fill="{BASELINE_FILL}" stroke="{BASELINE_STROKE}"'
-        ' stroke-width="0.8"/>'
-    )
-    half = (ow - 4) / 2
-    for xs, idx in ((ml, 0), (x_over, n - 1)):
-        yb = y_of(base[idx])
-        out.append(
-            f'<rect x="{_c(xs + 2)}" y="{_c(yb)}" width="{_c(half)}" height="{_c(y0 - yb)}"'
-            f' fill="{BASELINE_FILL}" stroke="{BASELINE_STROKE}" stroke-width="0.8"/>'
-        )
-        if serv is not None:
-            ys = y_of(serv[idx])
-            out.append(
-                f'<rect x="{_c(xs + 2 + half)}" y="{_c(ys)}" width="{_c(half)}"'
-                f' height="{_c(y0 - ys)}" fill="{SERVING}"/>'
-            )
     if serv is not None:
-        out.append(
-            f'<path d="{step(serv, False)}" fill="none" stroke="{SERVING}" stroke-width="1.6"/>'
-        )
+        out.append(f'<path class="serving" d="{bars(serv, 0.8)}" fill="{SERVING}"'
+                   ' fill-opacity="0.75"/>')
 
-    # x axis: a few edge values as ticks (bins are equal-mass, so placed by index).
     axis = [_hline(ml, width - mr, y0)]
     texts = []
     ty = y0 + 13
-    if have_edges:
-        nt = max(2, min(max_ticks, k + 1))
-        for i in sorted({round(j * k / (nt - 1)) for j in range(nt)}):
-            x = x_in0 + i * bw
+    few = integer and k <= 40 and all(
+        edges_f[i + 1] - edges_f[i] == 1 or i == k - 1 for i in range(k)
+    )
+    if few:  # one integer per bar: name each bar, where there is room
+        last_x = -1e9
+        for i in range(k):
+            xm = (lefts[i] + lefts[i + 1]) / 2
+            if xm - last_x >= 22:
+                axis.append(f"M{_c(xm)} {_c(y0)}v3")
+                texts.append(_t(xm, ty, fmt_num(edges_f[i]), "middle"))
+                last_x = xm
+        texts.append(_t(x0 + pw / 2, ty + 26, "value (bar width: share in training)",
+                        "middle"))
+    elif k <= 30:  # few bins: name their real edges (an interpolated value would be made up)
+        marks: list[tuple[float, str]] = []
+        for i in range(k + 1):
+            if marks and lefts[i] - marks[-1][0] < 30:
+                if i < k:
+                    continue
+                marks.pop()
+            marks.append((lefts[i], fmt_num(edges_f[i])))
+        for x, text in marks:
             axis.append(f"M{_c(x)} {_c(y0)}v4")
-            texts.append(_t(x, ty, fmt_num(edges_f[i]), "middle"))
-    texts.append(_t(ml + ow / 2, ty + 12, "under", "middle"))
-    texts.append(_t(x_over + ow / 2, ty + 12, "over", "middle"))
-    plural = "s" * (k != 1)
-    texts.append(_t(x_in0 + k * bw / 2, ty + 12, f"{k} equal-mass baseline bin{plural}", "middle"))
+            texts.append(_t(x, ty, text, "middle"))
+        texts.append(_t(x0 + pw / 2, ty + 26, "bin edges (bar width: share in training)",
+                        "middle"))
+    else:
+        last_x = -1e9
+        for q, name in ((0, "min"), (0.1, "p10"), (0.25, "p25"), (0.5, "p50"), (0.75, "p75"),
+                        (0.9, "p90"), (1.0, "max")):
+            x, value = x_at_quantile(q)
+            if x - last_x < 40 and name != "max":
+                continue
+            if x - last_x < 40:  # the max wins over a crowded neighbour
+                texts = texts[:-2]
+                axis = axis[:-1]
+            anchor = "start" if name == "min" else "end" if name == "max" else "middle"
+            axis.append(f"M{_c(x)} {_c(y0)}v4")
+            shown = fmt_num(round(value)) if integer else fmt_num(value)
+            texts.append(_t(x, ty, shown, "" if anchor == "start" else anchor))
+            texts.append(_t(x, ty + 12, name, "" if anchor == "start" else anchor,
+                            ' fill-opacity="0.7"'))
+            last_x = x
+        texts.append(_t(x0 + pw / 2, ty + 26, "value, spaced by training quantiles", "middle"))
+    for xs, idx, name in ((ml, 0, "< min"), (x0 + pw + gap, n - 1, "> max")):
+        texts.append(_t(xs + side / 2, mt - 4, name, "middle", ' font-size="10"'))
+        share = serv[idx] if serv is not None else base[idx]
+        if share > 0:
+            y = max(y_of(share) - 3, mt + 9)
+            texts.append(_t(xs + side / 2, y, fmt_pct(share), "middle",
+                            f' font-size="9.5" fill="{SERVING}"'))
     out.append(f'<path d="{"".join(axis)}" stroke="{AXIS}"/><g fill="{TEXT}">{"".join(texts)}</g>')
 
-    # Tooltips.
-    def probs_tip(a: int, b: int) -> str:
+    def tip(a: int, b: int) -> str:  # slots a..b-1 (0 = below, k+1 = above)
         s = f"baseline {fmt_pct(sum(base[a:b]))}"
         return s + (f" \u00b7 serving {fmt_pct(sum(serv[a:b]))}" if serv is not None else "")
 
-    def edge(i: int) -> str:
-        return fmt_num(edges_f[i]) if have_edges else "?"
-
     bands = [
-        (ml, ow, f"underflow (< {edge(0)})\n{probs_tip(0, 1)}"),
-        (x_over, ow, f"overflow (\u2265 {edge(k)})\n{probs_tip(n - 1, n)}"),
+        (ml, side, f"below the training min ({fmt_num(edges_f[0])})\n{tip(0, 1)}"),
+        (x0 + pw + gap, side, f"above the training max ({fmt_num(edges_f[k])})\n{tip(n - 1, n)}"),
     ]
     for a, b in _groups(k, max_tooltips):
-        which = f"bin {a + 1}" if b - a == 1 else f"bins {a + 1}\u2013{b}"
-        bands.append(
-            (
-                x_in0 + a * bw,
-                (b - a) * bw,
-                f"{which}: [{edge(a)}, {edge(b)})\n{probs_tip(a + 1, b + 1)}",
-            )
-        )
+        close = "]" if b == k else ")"
+        bands.append((lefts[a], lefts[b] - lefts[a],
+                      f"[{fmt_num(edges_f[a])}, {fmt_num(edges_f[b])}{close}\n{tip(a + 1, b + 1)}"))
     out.append(_hover(bands, mt, ph))
-    out.append(_legend(ml, 13, serv is not None))
+    out.append(_legend(ml, 12, serv is not None, bars=True))
     out.append("</svg>")
     return "".join(out)
 
@@ -543,16 +592,20 @@ def categorical_chart(
     baseline_probs: Sequence[Any] | None,
     serving_probs: Sequence[Any] | None,
     *,
-    top: int = 20,
-    width: int = 560,
+    unseen: Sequence[tuple[Any, Any]] | None = None,
+    top: int = 16,
+    width: int = 700,
     row: int = 20,
+    label: str = "category shares of the serving window vs baseline",
 ) -> str:
-    """Grouped horizontal bars (baseline, serving) per category label.
+    """Grouped horizontal bars (baseline, serving) per category.
 
-    Shows the ``top`` labels by ``max(baseline, serving)`` probability, largest first; the
-    ``<unseen>`` bucket (serving values never seen in training) is always kept when it has
-    mass, and highlighted in red. A note tells how many labels were left out. Labels are
-    escaped and shortened, with the full label in the row's tooltip.
+    Shows the ``top`` labels by ``max(baseline, serving)`` share, largest first; the
+    ``<unseen>`` bucket (values never seen in training) is always kept when it has mass,
+    highlighted in red, and followed by the unseen values themselves (``unseen``: pairs of
+    value and share, e.g. from the window's heavy-hitters table), each named. A note tells
+    how many labels were left out. Labels are escaped and shortened, the full label in the
+    row's tooltip.
     """
     labels = ["" if lab is None else str(lab) for lab in (labels or ())]
     n = max(len(labels), len(baseline_probs or ()), len(serving_probs or ()))
@@ -568,63 +621,79 @@ def categorical_chart(
     top = max(top, 1)
     order = sorted(range(n), key=lambda i: (-mass(i), i))
     shown = order[:top]
-    unseen = [i for i in order[top:] if labels[i] == UNSEEN_LABEL and mass(i) > 0]
-    if unseen:
-        shown = shown[: top - 1] + unseen[:1]
+    kept_unseen = [i for i in order if labels[i] == UNSEEN_LABEL and mass(i) > 0]
+    if kept_unseen and kept_unseen[0] not in shown:
+        shown = shown[: top - 1] + kept_unseen[:1]
     hidden = n - len(shown)
+    # rows: (label, baseline share or None, serving share, style)
+    rows: list[tuple[str, float | None, float | None, str]] = []
+    named = [(str(v), _finite(p) or 0.0) for v, p in (unseen or ())]
+    for i in shown:
+        lab = labels[i]
+        style = "unseen" if lab == UNSEEN_LABEL else "other" if lab == OTHER_LABEL else ""
+        rows.append((lab, base[i], serv[i] if serv is not None else None, style))
+        if lab == UNSEEN_LABEL and serv is not None:
+            rows.extend((f"\u201c{v}\u201d", None, p, "named") for v, p in named)
 
-    ml, mr, mt = 150, 96, 40
+    ml, mr, mt = 170, 110, 40
     mb = 26 if hidden else 8
     pw = width - ml - mr
-    height = mt + row * len(shown) + mb
-    _, xmax, ticks = nice_range(0.0, max(mass(i) for i in shown), 4)
+    height = mt + row * len(rows) + mb
+    top_share = max([r[1] or 0.0 for r in rows] + [r[2] or 0.0 for r in rows])
+    _, xmax, ticks = nice_range(0.0, top_share or 0.01, 4)
 
     def x_of(p: float) -> float:
         return ml + pw * min(p, xmax) / xmax
 
-    y_end = mt + row * len(shown)
-    out = [_svg_open(width, height, "category frequencies of the last window vs baseline")]
+    y_end = mt + row * len(rows)
+    out = [_svg_open(width, height, label)]
     grid = "".join(f"M{_c(x_of(t))} {mt}V{y_end}" for t in ticks[1:])
     out.append(f'<path d="{grid}" stroke="{GRID}"/>')
     bh = (row - 6) / 2
     bars_b, bars_s, texts, bands = [], [], [], []
-    for r, i in enumerate(shown):
+    for r, (lab, b, s, style) in enumerate(rows):
         y = mt + r * row
-        lab = labels[i]
-        is_unseen = lab == UNSEEN_LABEL
-        if is_unseen:
+        red = style in ("unseen", "named")
+        if red:
             out.append(f'<rect y="{y}" width="{width}" height="{row}" fill="{UNSEEN_BG}"/>')
-        style = ""
-        if is_unseen:
-            style = f' fill="{EXCEED}" font-weight="600"'
-        elif lab == OTHER_LABEL:
-            style = f' fill="{TEXT}" font-style="italic"'
-        texts.append(_t(ml - 6, y + row / 2 + 4, _truncate(lab, 22), "end", style))
-        bars_b.append(f"M{ml} {_c(y + 3)}h{_c(x_of(base[i]) - ml)}v{_c(bh)}H{ml}z")
-        if serv is not None:
-            d = f"M{ml} {_c(y + 3 + bh)}h{_c(x_of(serv[i]) - ml)}v{_c(bh)}H{ml}z"
-            if is_unseen:
+        extra = ""
+        if style == "unseen":
+            extra = f' fill="{EXCEED}" font-weight="600"'
+        elif style == "named":
+            extra = f' fill="{EXCEED}"'
+        elif style == "other":
+            extra = ' font-style="italic"'
+        shown_label = _truncate(lab, 24)
+        texts.append(_t(ml - 6, y + row / 2 + 4, shown_label, "end", extra))
+        if b is not None:
+            bars_b.append(f"M{ml} {_c(y + 3)}h{_c(x_of(b) - ml)}v{_c(bh)}H{ml}z")
+        if s is not None:
+            d = f"M{ml} {_c(y + 3 + bh)}h{_c(x_of(s) - ml)}v{_c(bh)}H{ml}z"
+            if red:
                 out.append(f'<path d="{d}" fill="{EXCEED}"/>')
             else:
                 bars_s.append(d)
-        val = fmt_pct(base[i]) + (f" \u2192 {fmt_pct(serv[i])}" if serv is not None else "")
-        texts.append(_t(width - 4, y + row / 2 + 4, val, "end", f' fill="{TEXT}"'))
-        tip = f"{lab}\nbaseline {fmt_pct(base[i])}"
-        if serv is not None:
-            tip += f" \u00b7 serving {fmt_pct(serv[i])}"
+        if style == "named":
+            val = f"{fmt_pct(s)} (unseen)"
+        else:
+            val = fmt_pct(b) + (f" \u2192 {fmt_pct(s)}" if s is not None else "")
+        texts.append(_t(width - 4, y + row / 2 + 4, val, "end"))
+        tip = f"{lab}\n" + (f"baseline {fmt_pct(b)}" if b is not None else "never in training")
+        if s is not None:
+            tip += f" \u00b7 serving {fmt_pct(s)}"
         bands.append((y, tip))
     out.append(
         f'<path d="{"".join(bars_b)}" fill="{BASELINE_FILL}" stroke="{BASELINE_STROKE}"'
         ' stroke-width="0.6"/>'
     )
     if bars_s:
-        out.append(f'<path d="{"".join(bars_s)}" fill="{SERVING}"/>')
+        out.append(f'<path class="serving" d="{"".join(bars_s)}" fill="{SERVING}"/>')
     out.append(f'<path d="M{ml} {mt - 2}V{y_end}" stroke="{AXIS}"/>')
-    texts += [_t(x_of(t), mt - 5, fmt_pct(t), "middle", f' fill="{TEXT}"') for t in ticks[1:]]
+    texts += [_t(x_of(t), mt - 5, fmt_pct(t), "middle") for t in ticks[1:]]
     if hidden:
         more = f"+ {hidden} more label{'s' * (hidden != 1)} not shown"
-        texts.append(_t(ml, y_end + 17, more, "", f' fill="{TEXT}" font-style="italic"'))
-    out.append("<g>" + "".join(texts) + "</g>")
+        texts.append(_t(ml, y_end + 17, more, "", ' font-style="italic"'))
+    out.append(f'<g fill="{TEXT}">' + "".join(texts) + "</g>")
     out.append('<g class="hit" fill="transparent">')
     for y, tip in bands:
         out.append(f'<path d="M0 {y}h{width}v{row}H0z"><title>{_esc(tip)}</title></path>')
@@ -634,177 +703,196 @@ def categorical_chart(
     return "".join(out)
 
 
-# --------------------------------------------------------------------------- scores
+# --------------------------------------------------------------------------- timelines
+
+_TIME_STEPS_MS = [
+    s * 1000
+    for s in (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600,
+              43200, 86400, 172800, 604800)
+]
 
 
-def score_chart(
-    scores: Sequence[Mapping[str, Any]] | None,
-    threshold: Any = None,
-    *,
-    width: int = 380,
-    height: int = 150,
-    metric: str = "score",
-    max_tooltips: int = 30,
-) -> str:
-    """A small line chart of a feature's score per evaluated window.
+def time_ticks(lo: float, hi: float, n: int = 8) -> list[float]:
+    """Round UTC times (1 s ... 1 week apart) within ``[lo, hi]``, at most ``n`` + 1.
 
-    ``scores`` is a list of ``{"window_end": ms | None, "value": float | None,
-    "threshold": float | None}``. x is the window end as time (UTC), or the window's index
-    when any ``window_end`` is missing. The threshold (per point, else ``threshold``) is a
-    dashed line; values above it get red markers. Null values (window not judged) leave a gap
-    in the line and a grey tick on the axis. Hover tooltips list the windows' values (runs of
-    adjacent windows share one when there are more than ``max_tooltips``).
+    >>> [fmt_time(t, with_date=False, seconds=False) for t in time_ticks(0, 3_600_000, 4)]
+    ['00:00', '00:15', '00:30', '00:45', '01:00']
     """
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
+        return [lo] if math.isfinite(lo) else []
+    step = next((s for s in _TIME_STEPS_MS if (hi - lo) / s <= n), _TIME_STEPS_MS[-1])
+    first = math.ceil(lo / step) * step
+    return [float(first + i * step) for i in range(int((hi - first) // step) + 1)]
+
+
+def _time_label(t: float, span: float, step: float) -> str:
+    with_date = span >= 86_400_000 or fmt_time(t)[:10] != fmt_time(t - span)[:10]
+    s = fmt_time(t, with_date=with_date and step >= 3_600_000, seconds=step < 60_000)
+    return s[5:] if with_date and step >= 3_600_000 else s
+
+
+def timeline_chart(
+    lanes: Sequence[Mapping[str, Any]],
+    start: Any,
+    end: Any,
+    *,
+    width: int = 1120,
+    lane_height: int = 44,
+    max_tooltips: int = 16,
+    label: str = "checks per window",
+) -> str:
+    """Stacked lanes, one per check of a feature, over a shared time axis.
+
+    Each lane is ``{"label", "points", "spans", "note", "check", "metric"}`` (the last two
+    become ``data-`` attributes of the lane's ``<g class="lane">``): ``points`` are downsampled
+    windows ``[t_first, t_last, max, min, threshold, judged, over]`` (window ends, epoch ms;
+    ``max``/``min`` None when no window of the point was judged), ``spans`` the incidents
+    ``(raised, resolved or None, anchor)``. A lane draws its value (the maximum over the
+    point's windows, with the min-max range shaded when a point holds several windows), the
+    threshold as a dashed line, points over the threshold as red dots, and every incident as
+    a shaded span from raise to resolve that links to ``#anchor``.
+    """
+    lanes = [lane for lane in lanes if isinstance(lane, Mapping)]
+    t_lo, t_hi = _finite(start), _finite(end)
+    if not lanes or t_lo is None or t_hi is None:
+        return _empty_chart(width, 70, "no judged windows")
+    if t_hi <= t_lo:
+        t_lo, t_hi = t_lo - 30_000, t_hi + 30_000
+    ml, mr, mt, mb = 178, 14, 6, 30
+    gap = 8
+    pw = width - ml - mr
+    height = mt + len(lanes) * (lane_height + gap) - gap + mb
+
+    def x_of(t: float) -> float:
+        return ml + pw * (min(max(t, t_lo), t_hi) - t_lo) / (t_hi - t_lo)
+
+    out = [_svg_open(width, height, label)]
+    step_ticks = time_ticks(t_lo, t_hi, 8)
+    step = step_ticks[1] - step_ticks[0] if len(step_ticks) > 1 else 60_000
+    y_bottom = mt + len(lanes) * (lane_height + gap) - gap
+    grid = "".join(f"M{_c(x_of(t))} {mt}V{_c(y_bottom)}" for t in step_ticks)
+    out.append(f'<path d="{grid}" stroke="{GRID}"/>')
+    for li, lane in enumerate(lanes):
+        top = mt + li * (lane_height + gap)
+        out.append(_lane(lane, top, lane_height, ml, pw, x_of, max_tooltips))
+    texts = [
+        _t(x_of(t), y_bottom + 14, _time_label(t, t_hi - t_lo, step), "middle")
+        for t in step_ticks
+    ]
+    d0, d1 = fmt_time(t_lo)[:10], fmt_time(t_hi)[:10]
+    note = f"window end, {d0}" + ("" if d0 == d1 else f" \u2013 {d1}") + " (UTC)"
+    texts.append(_t(ml + pw / 2, y_bottom + 27, note, "middle"))
+    out.append(f'<path d="{_hline(ml, ml + pw, y_bottom)}" stroke="{AXIS}"/>')
+    out.append(f'<g fill="{TEXT}">{"".join(texts)}</g>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _lane(lane: Mapping[str, Any], top: float, h: float, ml: float, pw: float, x_of: Any,
+          max_tooltips: int) -> str:
     pts = []
-    for s in scores or ():
-        if not isinstance(s, Mapping):
-            continue
-        thr = _finite(s.get("threshold"))
-        pts.append(
-            {
-                "t": _finite(s.get("window_end")),
-                "v": _finite(s.get("value")),
-                "thr": thr if thr is not None else _finite(threshold),
-            }
-        )
-    if not pts:
-        return _empty_chart(width, height, "no evaluated windows yet")
-    by_time = all(p["t"] is not None for p in pts)
-    if by_time:
-        pts.sort(key=lambda p: p["t"])
-    xs = [p["t"] if by_time else float(i) for i, p in enumerate(pts)]
-    n = len(pts)
-
-    ml, mr, mt, mb = 46, 12, 12, 30
-    pw, ph = width - ml - mr, height - mt - mb
-    x_lo, x_hi = xs[0], xs[-1]
-    vals = [p["v"] for p in pts if p["v"] is not None]
-    vals += [p["thr"] for p in pts if p["thr"] is not None]
-    lo, hi, ticks = nice_range(min([0.0, *vals]), max([0.0, *vals]), 3)
-    y0 = mt + ph
-
-    def x_of(x: float) -> float:
-        if x_hi == x_lo:
-            return ml + pw / 2
-        return ml + pw * (x - x_lo) / (x_hi - x_lo)
+    for p in lane.get("points") or ():
+        if isinstance(p, Sequence) and len(p) >= 7:
+            t0, t1 = _finite(p[0]), _finite(p[1])
+            if t0 is None or t1 is None:
+                continue
+            pts.append((t0, t1, _finite(p[2]), _finite(p[3]), _finite(p[4]),
+                        int(_finite(p[5]) or 0), int(_finite(p[6]) or 0)))
+    values = [v for p in pts for v in (p[2], p[4]) if v is not None]
+    _, ymax, _ = nice_range(0.0, max(values, default=0.0) or 1e-9, 2)
+    y0 = top + h
 
     def y_of(v: float) -> float:
-        return mt + ph * (hi - min(max(v, lo), hi)) / (hi - lo)
+        return y0 - h * min(max(v, 0.0), ymax) / ymax
 
-    # Labels for times: "HH:MM" within a day, "MM-DD HH:MM" across days; seconds if needed.
-    same_day = by_time and fmt_time(x_lo)[:10] == fmt_time(x_hi)[:10]
-    seconds = by_time and (0 < x_hi - x_lo < 120_000 or any(x % 60_000 for x in xs))
-
-    def lab(x: float) -> str:
-        if not by_time:
-            return f"#{int(x) + 1}"
-        s = fmt_time(x, with_date=not same_day, seconds=seconds)
-        return s if same_day else s[5:]  # drop the year: it is in the axis note
-
-    out = [_svg_open(width, height, f"{metric} per window")]
-    out.append(_grid_y(ticks, y_of, ml, width - mr, fmt_num))
-    cx = [x_of(x) for x in xs]
-
-    # Threshold: a dashed line (a step line when it changes over time).
-    tpts = [(x, p["thr"]) for x, p in zip(cx, pts, strict=True) if p["thr"] is not None]
-    if tpts:
-        if len({t for _, t in tpts}) == 1:
-            d = _hline(ml, width - mr, y_of(tpts[0][1]))
-        else:
-            d = (
-                f"M{_c(ml)} {_c(y_of(tpts[0][1]))}"
-                + "".join(f"H{_c(x)}V{_c(y_of(t))}" for x, t in tpts[1:])
-                + f"H{_c(width - mr)}"
-            )
-        out.append(
-            f'<path d="{d}" fill="none" stroke="{THRESHOLD}" stroke-width="1.2"'
-            ' stroke-dasharray="5 3"/>'
+    ident = "".join(f' data-{k}="{_esc(lane[k])}"' for k in ("check", "metric") if lane.get(k))
+    out = [f'<g class="lane"{ident}>',
+           f'<rect x="{_c(ml)}" y="{_c(top)}" width="{_c(pw)}" height="{_c(h)}" fill="#fbfcfd"'
+           f' stroke="{GRID}"/>']
+    for span in lane.get("spans") or ():
+        raised, resolved, anchor = [*list(span), None, None, None][:3]
+        a = _finite(raised)
+        if a is None:
+            continue
+        b = _finite(resolved)
+        xa = x_of(a)
+        xb = x_of(b) if b is not None else ml + pw
+        tip = f"incident: raised {fmt_time(a)}, " + (
+            f"resolved {fmt_time(b)}" if b is not None else "still active"
         )
-    out.append(f'<path d="{_hline(ml, width - mr, y0)}" stroke="{AXIS}"/>')
-
-    # Value line, broken at nulls.
-    segs: list[list[tuple[float, float]]] = [[]]
-    for x, p in zip(cx, pts, strict=True):
-        if p["v"] is None:
+        rect = (f'<rect class="span" x="{_c(xa)}" y="{_c(top)}" width="{_c(max(xb - xa, 2))}"'
+                f' height="{_c(h)}" fill="{EXCEED}" fill-opacity="0.13"><title>{_esc(tip)}'
+                "</title></rect>")
+        out.append(f'<a href="#{_esc(anchor)}">{rect}</a>' if anchor else rect)
+    # value: max line (broken where nothing was judged), min-max band for merged points
+    segs: list[list[int]] = [[]]
+    for i, p in enumerate(pts):
+        if p[2] is None:
             if segs[-1]:
                 segs.append([])
         else:
-            segs[-1].append((x, y_of(p["v"])))
-    d = "".join(_rel_path(_thin(s), "l") for s in segs if len(s) > 1)
-    if d:
-        out.append(
-            f'<path d="{d}" fill="none" stroke="{SERVING}" stroke-width="1.6"'
-            ' stroke-linejoin="round"/>'
-        )
-    over = [p["v"] is not None and p["thr"] is not None and p["v"] > p["thr"] for p in pts]
-    lone = {s[0] for s in segs if len(s) == 1}
-    plain = [
-        (x, y_of(p["v"]))
-        for i, (x, p) in enumerate(zip(cx, pts, strict=True))
-        if p["v"] is not None
-        and not over[i]
-        and (n <= 30 or i == n - 1 or (x, y_of(p["v"])) in lone)
-    ]
-    out.append(_dots(_dedupe(plain), SERVING, 2.4))
-    hot = [(x, y_of(p["v"])) for x, p, o in zip(cx, pts, over, strict=True) if o]
-    hot = _dedupe(_thin(hot, 3.0) if len(hot) > pw / 2 else hot)
-    out.append(_dots(hot, EXCEED, 3.2, halo=len(hot) <= 30))
-    nulls = "".join(
-        f"M{_c(x)} {_c(y0 - 3)}v6"
-        for x, _ in _dedupe([(x, y0) for x, p in zip(cx, pts, strict=True) if p["v"] is None])
-    )
-    if nulls:
-        out.append(f'<path d="{nulls}" stroke="{AXIS}" stroke-width="1.5"/>')
-
-    # x labels: first and last (and the middle when there is room).
-    ty = y0 + 14
-    texts = []
-    if x_hi == x_lo:
-        texts.append(_t(ml + pw / 2, ty, lab(x_lo), "middle"))
-    else:
-        marks = [(x_lo, "start"), (x_hi, "end")]
-        if pw >= 260 and n > 2:
-            marks.insert(1, ((x_lo + x_hi) / 2, "middle"))
-        texts += [_t(x_of(x), ty, lab(x), "" if a == "start" else a) for x, a in marks]
-    note = "window index"
-    if by_time:
-        d0, d1 = fmt_time(x_lo)[:10], fmt_time(x_hi)[:10]
-        note = f"window end, {d0}" + ("" if same_day else f" \u2013 {d1}") + " (UTC)"
-    texts.append(_t(ml + pw / 2, ty + 13, note, "middle"))
-    out.append(f'<g fill="{TEXT}">{"".join(texts)}</g>')
-
-    # Tooltips: bands around each window (or run of windows).
-    def val(i: int) -> str:
-        v = pts[i]["v"]
-        return "not judged" if v is None else fmt_num(v)
-
-    def vals_text(a: int, b: int) -> str:
-        if b - a <= 6:
-            return ", ".join(val(i) for i in range(a, b))
-        got = [pts[i]["v"] for i in range(a, b) if pts[i]["v"] is not None]
-        s = f"{b - a} windows"
-        if got:
-            s += f": min {fmt_num(min(got))}, max {fmt_num(max(got))}"
-        if len(got) < b - a:
-            s += f", {b - a - len(got)} not judged"
-        return s
-
-    bounds = [ml] + [(cx[i] + cx[i + 1]) / 2 for i in range(n - 1)] + [width - mr]
-    bands = []
-    for a, b in _groups(n, max_tooltips):
-        if b - a == 1:
-            tip = f"{lab(xs[a])}: {val(a)}"
+            segs[-1].append(i)
+    band = []
+    line = []
+    for seg in segs:
+        if not seg:
+            continue
+        xy = [((pts[i][0] + pts[i][1]) / 2, i) for i in seg]
+        upper = [(x_of(t), y_of(pts[i][2])) for t, i in xy]
+        lower = [(x_of(t), y_of(pts[i][3])) for t, i in xy]
+        if any(abs(u[1] - lo[1]) >= 1 for u, lo in zip(upper, lower, strict=True)):
+            band.append(_rel_path(upper + lower[::-1], "l") + "z")
+        if len(upper) == 1:
+            line.append(f"M{_c(upper[0][0] - 1.5)} {_c(upper[0][1])}h3")
         else:
-            tip = f"{lab(xs[a])} to {lab(xs[b - 1])}\n{vals_text(a, b)}"
-        thr = pts[b - 1]["thr"]
-        if thr is not None:
-            n_over = sum(over[a:b])
-            if n_over:
-                lead = f"{n_over} " if b - a > 1 else ""
-                tip += f"\n{lead}over threshold {fmt_num(thr)}"
-            else:
-                tip += f"\nthreshold {fmt_num(thr)}"
-        bands.append((bounds[a], bounds[b] - bounds[a], tip))
-    out.append(_hover(bands, mt, ph))
-    out.append("</svg>")
+            line.append(_rel_path(upper, "l"))
+    if band:
+        out.append(f'<path d="{"".join(band)}" fill="{SERVING}" fill-opacity="0.16"/>')
+    # threshold: a dashed step line through the points' thresholds
+    thr = [(p, p[4]) for p in pts if p[4] is not None]
+    if thr:
+        if len({t for _, t in thr}) == 1:
+            d = _hline(ml, ml + pw, y_of(thr[0][1]))
+        else:
+            d = f"M{_c(x_of(thr[0][0][0]))} {_c(y_of(thr[0][1]))}"
+            last = thr[0][1]
+            for p, t in thr[1:]:
+                if t != last:
+                    d += f"H{_c(x_of(p[0]))}V{_c(y_of(t))}"
+                    last = t
+            d += f"H{_c(x_of(thr[-1][0][1]))}"
+        out.append(f'<path d="{d}" fill="none" stroke="{THRESHOLD}" stroke-width="1.1"'
+                   ' stroke-dasharray="4 3"/>')
+    if line:
+        out.append(f'<path class="value" d="{"".join(line)}" fill="none" stroke="{SERVING}"'
+                   ' stroke-width="1.4" stroke-linejoin="round"/>')
+    hot = _dedupe([(x_of((p[0] + p[1]) / 2), y_of(p[2])) for p in pts if p[6] and p[2] is not None])
+    out.append(_dots(hot, EXCEED, 2.4))
+    # lane labels and y ticks
+    texts = [_t(ml - 34, top + 13, _truncate(str(lane.get("label") or ""), 22), "end",
+                f' fill="{TEXT_STRONG}" font-weight="600"')]
+    if lane.get("note"):
+        texts.append(_t(ml - 34, top + 27, _truncate(str(lane["note"]), 26), "end"))
+    texts.append(_t(ml - 4, top + 9, fmt_num(ymax), "end"))
+    texts.append(_t(ml - 4, y0, "0", "end"))
+    out.append(f'<g fill="{TEXT}">{"".join(texts)}</g>')
+    # tooltips over runs of points
+    bands = []
+    edges = [x_of(p[0]) for p in pts] + ([x_of(pts[-1][1])] if pts else [])
+    for a, b in _groups(len(pts), max_tooltips):
+        got = [pts[i] for i in range(a, b) if pts[i][2] is not None]
+        first, last = fmt_time(pts[a][0]), fmt_time(pts[b - 1][1])
+        when = f"{first[5:16]} \u2013 {last[11:16] if first[:10] == last[:10] else last[5:16]}"
+        if not got:
+            tip = f"{when}\nnot judged"
+        else:
+            hi = max(got, key=lambda p: p[2])
+            judged = sum(p[5] for p in got)
+            over = sum(p[6] for p in got)
+            tip = (f"{when}: max {fmt_num(hi[2])} (threshold {fmt_num(hi[4])})"
+                   + (f", {over} of {judged} windows over" if over else ""))
+        xa, xb = edges[a], max(edges[b], edges[a] + 2)
+        bands.append((xa, xb - xa, tip))
+    out.append(_hover(bands, top, h))
+    out.append("</g>")
     return "".join(out)
