@@ -182,17 +182,30 @@ _KAFKA_OWN_KEYS = ("bootstrap_servers", "topics", "topic_pattern", "group_id", "
 
 @dataclass(frozen=True)
 class KafkaConfig:
-    """Kafka adapter settings; ``client`` holds kafka-python settings passed through as is."""
+    """Kafka adapter settings; ``client`` holds kafka-python settings passed through as is.
+
+    The topics streamskew writes are named after the deployment's ``group_id`` unless set:
+    ``<group_id>.alerts``, ``.dlq``, ``.state``, ``.panes``. Two deployments on one cluster
+    (two group ids) therefore never share state.
+
+    >>> KafkaConfig(group_id="fraud-prod").panes_topic
+    'fraud-prod.panes'
+    """
 
     bootstrap_servers: str | tuple[str, ...] = "localhost:9092"
     topics: tuple[str, ...] = ()
     topic_pattern: str | None = None
     group_id: str = "streamskew"
-    alerts_topic: str = "streamskew.alerts"
-    dlq_topic: str = "streamskew.dlq"
-    state_topic: str = "streamskew.state"
-    panes_topic: str = "streamskew.panes"
+    alerts_topic: str = ""  # "" = <group_id>.alerts
+    dlq_topic: str = ""  # "" = <group_id>.dlq
+    state_topic: str = ""  # "" = <group_id>.state
+    panes_topic: str = ""  # "" = <group_id>.panes
     client: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        for name in ("alerts", "dlq", "state", "panes"):
+            if not getattr(self, f"{name}_topic"):
+                object.__setattr__(self, f"{name}_topic", f"{self.group_id}.{name}")
 
     def __repr__(self) -> str:  # secrets must never reach a log line
         safe = {k: ("***" if _is_secret(k) else v) for k, v in self.client.items()}

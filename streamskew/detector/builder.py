@@ -34,6 +34,7 @@ __all__ = ["DEFAULT_MODEL", "WHOLE_INPUT", "BuilderStats", "PaneBuilder", "Seale
 
 DEFAULT_MODEL = "default"
 WHOLE_INPUT = -1  # the single pane used without event times
+MAX_NEW_FEATURES = 64  # unknown keys counted per pane (the most frequent ones)
 
 
 @dataclass(frozen=True)
@@ -438,6 +439,12 @@ def fold(pane: Pane, columns: Columns, baseline: Baseline) -> None:
         count = int(rows.sum())
         if count:
             pane.new_features[name] = pane.new_features.get(name, 0) + count
+    if len(pane.new_features) > MAX_NEW_FEATURES:
+        # A producer that sends thousands of unknown keys must not grow every pane (and the
+        # checkpoints and panes records made of them) without bound: keep the most frequent,
+        # which are the ones a schema event names anyway.
+        kept = sorted(pane.new_features.items(), key=lambda kv: (-kv[1], kv[0]))
+        pane.new_features = dict(kept[:MAX_NEW_FEATURES])
 
 
 def _by_model(columns: Columns) -> Iterable[tuple[str, np.ndarray | None]]:

@@ -29,7 +29,7 @@ from ..detector.events import SkewEvent
 from ..detector.sources import SourceCoordinator
 from ..detector.window import BaselineMismatch, Pane
 from .metrics import Metrics
-from .state import EvaluatorCheckpoint, PaneMessage, evaluator_key
+from .state import CheckpointStore, EvaluatorCheckpoint, PaneMessage, evaluator_key
 
 __all__ = ["EvaluatorStage"]
 
@@ -40,7 +40,7 @@ class EvaluatorStage:
     """The evaluation, when this process owns the panes topic (see the module docs)."""
 
     def __init__(self, config: Config, baselines: Mapping[str, Baseline], metrics: Metrics,
-                 expected: Callable[[], Iterable[str]]) -> None:
+                 expected: Callable[[], Iterable[str]], checkpoints: CheckpointStore) -> None:
         self.config = config
         self.kafka = config.kafka
         self.group = config.kafka.group_id
@@ -53,8 +53,11 @@ class EvaluatorStage:
         self.pending: list[SkewEvent] = []  # judged, not committed yet
         self.committed_positions: dict[TP, int] | None = None
         self.windows_before = 0  # windows the restored coordinator had judged elsewhere
+        self.committed_windows = 0  # the coordinator's window count at its last commit
         self.windows = 0  # windows judged by this process, over its ownerships
         self.skipped: dict[str, int] = {}  # panes-topic records skipped, by reason
+        self.checkpoints = checkpoints
+        self.checkpoint_bytes = 0  # stored size of the last checkpoint
 
     @property
     def owner(self) -> bool:
@@ -84,12 +87,16 @@ class EvaluatorStage:
             self._skip("other_deployment")
             return
         if message.kind == "pane":
+            baseline = baseline_for(self.baselines, message.model)
             try:
-                pane = Pane.from_bytes(message.payload,
-                                       baseline_for(self.baselines, message.model))
+                pane = Pane.from_bytes(message.payload, baseline)
             except BaselineMismatch:
                 self._skip("other_baseline")
                 return
+            if len(pane.summaries) < len(baseline.features):  # one part of a large pane
+                whole = Pane.empty(message.index, baseline)
+                whole.merge(pane)
+                pane = whole
             self.sources.add_pane(message.source, message.model, message.index, pane)
         else:
             self.pending.extend(self.sources.heartbeat(message.source, message.watermark,
@@ -123,13 +130,14 @@ class EvaluatorStage:
                 producer.send(self.kafka.alerts_topic, key=event.key.encode(),
                               value=event.to_json(), timestamp_ms=event.window_end)
             for tp in self.partitions:
-                producer.send(self.kafka.state_topic, key=evaluator_key(self.group,
-                                                                        tp.partition),
-                              value=EvaluatorCheckpoint(positions[tp], snapshot).encode())
+                self.checkpoint_bytes = self.checkpoints.send(
+                    producer, evaluator_key(self.group, tp.partition),
+                    EvaluatorCheckpoint(positions[tp], snapshot).encode())
             producer.send_offsets_to_transaction(
                 {tp: OffsetAndMetadata(p, "", -1) for tp, p in positions.items()},
                 self.consumer.group_metadata())
         self.committed_positions = positions
+        self.committed_windows = self.sources.evaluator.windows
         for event in self.pending:
             self.metrics.event(event)
             on_event(event)
@@ -158,6 +166,7 @@ class EvaluatorStage:
         self.sources.expect(self.expected())
         self.committed_positions = None
         self.windows_before = self.sources.evaluator.windows  # judged by earlier owners
+        self.committed_windows = self.windows_before
         log.info("evaluating %s", ", ".join(f"{tp.topic}/{tp.partition}" for tp in partitions))
 
     def revoke(self, producer: KafkaProducer, transaction: Any,
@@ -169,11 +178,13 @@ class EvaluatorStage:
         except Exception:
             log.warning("evaluator checkpoint on revoke failed", exc_info=True)
         self.release()
-        self.pending.clear()
 
     def release(self) -> None:
-        """Stop evaluating (revoked, or closing), counting the windows judged here."""
+        """Stop evaluating (revoked, closing, or a Kafka failure), counting the windows
+        judged and committed here; judged but uncommitted work is redone by the next owner
+        (or by this process once Kafka is back) and counted then."""
         if self.sources is not None:
-            self.windows += self.sources.evaluator.windows - self.windows_before
+            self.windows += self.committed_windows - self.windows_before
         self.sources = None
         self.partitions = set()
+        self.pending.clear()

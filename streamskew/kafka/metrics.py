@@ -26,6 +26,7 @@ metric                                                     type     what
 ``threshold{model,feature,check,metric}``                  gauge    effective threshold
 ``skew_active{model,feature,check,metric}``                gauge    1 while skew is raised
 ``events_total{model,feature,check,type,severity}``        counter  skew events emitted
+``kafka_errors_total{error}``                              counter  Kafka failures waited out
 =========================================================  =======  ===========================
 
 ``prometheus-client`` is an extra (``pip install 'streamskew[metrics]'``); :class:`NullMetrics`
@@ -82,6 +83,7 @@ class Metrics(Protocol):
     def pane_closed(self, model: str) -> None: ...
     def window_judged(self, model: str, results: Iterable[JudgedResult]) -> None: ...
     def event(self, event: SkewEvent) -> None: ...
+    def kafka_error(self, error: str) -> None: ...
 
 
 def _prometheus() -> Any:
@@ -134,6 +136,9 @@ class ServiceMetrics:
                              "skew_detected and skew_resolved), else 0.", _CHECK_LABELS)
         self._events = counter("events", "Skew events emitted.",
                                ("model", "feature", "check", "type", "severity"))
+        self._kafka_errors = counter("kafka_errors", "Transient Kafka failures waited out "
+                                     "(the service resumed from its last checkpoint).",
+                                     ("error",))
 
     # -- the HTTP endpoint -------------------------------------------------------------------
 
@@ -251,6 +256,10 @@ class ServiceMetrics:
         elif event.type == "skew_resolved":
             self._active.labels(*labels).set(0)
 
+    def kafka_error(self, error: str) -> None:
+        """A transient Kafka failure (its exception name) was waited out."""
+        self._kafka_errors.labels(error).inc()
+
 
 class NullMetrics:
     """The interface of :class:`ServiceMetrics`, doing nothing (no metrics port configured)."""
@@ -299,4 +308,7 @@ class NullMetrics:
         """Ignored."""
 
     def event(self, event: SkewEvent) -> None:
+        """Ignored."""
+
+    def kafka_error(self, error: str) -> None:
         """Ignored."""
