@@ -261,9 +261,13 @@ class _Guarded(io.RawIOBase):
                                "check the file with `gzip -t`") from None
 
 
-def sniff_format(opened: Opened) -> str:
-    """``jsonl`` when the content starts with ``{``, ``parquet`` for Parquet, else ``csv``."""
-    head = opened.head.lstrip()
+def sniff_format(head: bytes) -> str:
+    """``jsonl`` when the content starts with ``{``, ``parquet`` for Parquet, else ``csv``.
+
+    >>> sniff_format(b' {"a": 1}'), sniff_format(b"PAR1..."), sniff_format(b"a,b\n1,2")
+    ('jsonl', 'parquet', 'csv')
+    """
+    head = head.lstrip()
     if head.startswith(PARQUET_MAGIC):
         return "parquet"
     return "jsonl" if head.startswith((b"{", b"[")) else "csv"

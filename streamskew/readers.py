@@ -84,7 +84,7 @@ def read_chunks(path: str | Path | Input, message: MessageConfig, chunk_rows: in
         yield from _parquet_chunks(source, chunk_rows, on_bytes)
         return
     with source.open(keep_copy=keep_copy) as opened:
-        fmt = fmt or sniff_format(opened)
+        fmt = fmt or sniff_format(opened.head)
         if fmt == "parquet":
             raise FileProblem(f"{source.label}: Parquet cannot be read from a stream; pass "
                               "the file's path")
