@@ -94,8 +94,10 @@ class _Main(click.Group):
                                       "the traceback") from None
             raise self._fail(ctx, _extra_needed(*extra)) from None
         except Exception as exc:  # kafka-python's errors derive from Exception
-            raise self._fail(ctx, f"unexpected {type(exc).__name__}: {exc}; run with --debug "
-                                  "for the traceback") from None
+            kind = type(exc).__name__
+            text = str(exc).removeprefix(f"{kind}: ")  # kafka-python repeats its class name
+            raise self._fail(ctx, f"unexpected {kind}: {text}; run with --debug for the "
+                                  "traceback") from None
 
     @staticmethod
     def _fail(ctx: click.Context, message: str) -> _Problem:
@@ -327,7 +329,8 @@ def _verdict(counts: RunCounts, config: Config, what: str, source: str) -> str |
 
 def _finish(blind: str | None, watch: WindowWatch | None) -> None:
     """Say what the run could not judge, and exit with its code."""
-    mismatch = list(watch.problems.values()) if watch is not None else []
+    mismatch = [problem if model == "default" else f"model {model}: {problem}"
+                for model, problem in (watch.problems.items() if watch is not None else ())]
     for problem in mismatch:
         click.echo(f"Error: {problem}", err=True)
     if blind is not None:
