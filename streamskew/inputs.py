@@ -264,7 +264,7 @@ class _Guarded(io.RawIOBase):
 def sniff_format(head: bytes) -> str:
     """``jsonl`` when the content starts with ``{``, ``parquet`` for Parquet, else ``csv``.
 
-    >>> sniff_format(b' {"a": 1}'), sniff_format(b"PAR1..."), sniff_format(b"a,b\n1,2")
+    >>> sniff_format(b' {"a": 1}'), sniff_format(b"PAR1..."), sniff_format(b"a,b\\n1,2")
     ('jsonl', 'parquet', 'csv')
     """
     head = head.lstrip()

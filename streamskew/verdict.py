@@ -85,6 +85,10 @@ class RunCounts:
                      late=stats.late, outside_range=getattr(stats, "outside_range", 0),
                      windows=getattr(stats, "windows", 0) if windows is None else windows,
                      **extra)
+        first, last = (getattr(stats, "min_event_time", None),
+                       getattr(stats, "max_event_time", None))
+        if counts.event_times is None and first is not None and last is not None:
+            counts.event_times = (first, last)  # once BuilderStats keeps them
         if watch is not None:
             counts.judged_windows = watch.judged
             counts.largest_window = watch.largest

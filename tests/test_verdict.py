@@ -163,6 +163,15 @@ def test_replay_out_of_range_and_kafka_empty_ranges_are_explained():
         "judged nothing: no window reached")
 
 
+def test_the_event_time_span_is_named_when_the_stats_carry_it():
+    from types import SimpleNamespace
+
+    stats = SimpleNamespace(records=100, accepted=0, bad={}, late=0, outside_range=100,
+                            min_event_time=START, max_event_time=START + 40 * 60_000)
+    sentence = blind_run(RunCounts.of(stats, windows=0, time_range=(0, 1)), "replay")
+    assert "their event times span 2025-11-28T10:00:00Z..2025-11-28T10:40:00Z" in sentence
+
+
 def test_the_service_sentence_comes_from_its_stats_fields():
     from streamskew.detector.builder import BuilderStats
 
