@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from itertools import repeat
@@ -157,10 +157,14 @@ class Decoder:
     feature named after the last part of its path.
     """
 
-    def __init__(self, message: MessageConfig, schema: Mapping[str, str]) -> None:
+    def __init__(self, message: MessageConfig, schema: Mapping[str, str],
+                 not_features: Iterable[str] = ()) -> None:
         self.message = message
         self._lenient = False
         self.schema = dict(schema)
+        # Keys that are known but not monitored (``exclude``, ignored features, columns the
+        # baseline left out as ids): never counted as new features.
+        self.not_features = set(message.exclude) | set(not_features)
         self.features_path = _path(message.features)
         self.timestamp_path = _path(message.timestamp)
         self.model_path = _path(message.model)
@@ -347,7 +351,7 @@ class Decoder:
         return column
 
     def _count_new_features(self, feature_maps: list[dict[str, Any]], columns: Columns) -> None:
-        unknown = set().union(*feature_maps) - self.schema.keys()  # one C-level pass
+        unknown = set().union(*feature_maps) - self.schema.keys() - self.not_features
         for key in sorted(unknown):
             columns.new_features[key] = np.fromiter((key in f for f in feature_maps),
                                                     dtype=bool, count=len(feature_maps))

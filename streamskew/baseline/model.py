@@ -186,6 +186,9 @@ class Baseline:
     id: str
     created_at: str = ""
     sources: tuple[str, ...] = ()
+    left_out: Mapping[str, str] = field(default_factory=dict)
+    """Columns of the training data left out as ids or timestamps (name -> why): serving
+    records that carry them are not 'new features'."""
     skipped: SkippedLines | None = field(default=None, compare=False, repr=False)
     """Input lines that could not be used while building (None when loaded)."""
 
@@ -217,6 +220,7 @@ class Baseline:
     def to_json(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "id": self.id, "created_at": self.created_at,
                 "sources": list(self.sources), "count": self.count,
+                "left_out": dict(self.left_out),
                 "features": {name: f.to_json() for name, f in self.features.items()}}
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -243,7 +247,8 @@ class Baseline:
         except (KeyError, TypeError, ValueError) as exc:
             raise BaselineError(f"{path}: damaged baseline file ({exc!r}); rebuild it") from None
         return cls(features=features, count=raw["count"], id=raw["id"],
-                   created_at=raw.get("created_at", ""), sources=tuple(raw.get("sources", ())))
+                   created_at=raw.get("created_at", ""), sources=tuple(raw.get("sources", ())),
+                   left_out=dict(raw.get("left_out") or {}))
 
     def describe(self) -> str:
         """A readable per-feature summary (``streamskew baseline show``)."""

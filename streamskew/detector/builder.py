@@ -56,8 +56,8 @@ class BuilderStats:
     field_errors: dict[str, int] = field(default_factory=dict)  # records used in part
     late: int = 0  # dead-lettered: their pane had already closed
     outside_range: int = 0  # replay: event time outside the requested range
-    first_time: int | None = None  # smallest and largest event time seen (any record)
-    last_time: int | None = None
+    min_event_time: int | None = None  # smallest and largest event time seen (any record)
+    max_event_time: int | None = None
 
     @property
     def bad_total(self) -> int:
@@ -71,13 +71,15 @@ class BuilderStats:
         for mine, theirs in ((self.bad, other.bad), (self.field_errors, other.field_errors)):
             for reason, count in theirs.items():
                 mine[reason] = mine.get(reason, 0) + count
-        self._span(other.first_time, other.last_time)
+        self._span(other.min_event_time, other.max_event_time)
 
     def _span(self, low: int | None, high: int | None) -> None:
         if low is not None:
-            self.first_time = low if self.first_time is None else min(self.first_time, low)
+            known = self.min_event_time
+            self.min_event_time = low if known is None else min(known, low)
         if high is not None:
-            self.last_time = high if self.last_time is None else max(self.last_time, high)
+            known = self.max_event_time
+            self.max_event_time = high if known is None else max(known, high)
 
 
 def baseline_for(baselines: Mapping[str, Baseline], model: str) -> Baseline:
@@ -91,6 +93,15 @@ def union_schema(baselines: Mapping[str, Baseline]) -> dict[str, str]:
         for name, kind in baseline.schema.items():
             schema.setdefault(name, kind)
     return schema
+
+
+def not_monitored(config: Config, baselines: Mapping[str, Baseline]) -> set[str]:
+    """Keys of a request that are known but not features: ignored in the config, or left
+    out of a baseline as ids or timestamps."""
+    names = {name for name, feature in config.features.items() if feature.ignore}
+    for baseline in baselines.values():
+        names.update(baseline.left_out)
+    return names
 
 
 @dataclass
@@ -140,7 +151,8 @@ class PaneBuilder:
         self.config = config
         self.time_range = time_range  # replay: only event times in [start, end) count
         self.baselines = baselines
-        self.decoder = decoder or Decoder(config.message, union_schema(baselines))
+        self.decoder = decoder or Decoder(config.message, union_schema(baselines),
+                                          not_features=not_monitored(config, baselines))
         self.on_bad_record = on_bad_record
         window = config.window
         self.pane_ms = window.pane_ms

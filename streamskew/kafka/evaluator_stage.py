@@ -40,7 +40,8 @@ class EvaluatorStage:
     """The evaluation, when this process owns the panes topic (see the module docs)."""
 
     def __init__(self, config: Config, baselines: Mapping[str, Baseline], metrics: Metrics,
-                 expected: Callable[[], Iterable[str]], checkpoints: CheckpointStore) -> None:
+                 expected: Callable[[], Iterable[str]], checkpoints: CheckpointStore,
+                 on_window: Callable[[WindowResult], None] | None = None) -> None:
         self.config = config
         self.kafka = config.kafka
         self.group = config.kafka.group_id
@@ -58,6 +59,7 @@ class EvaluatorStage:
         self.skipped: dict[str, int] = {}  # panes-topic records skipped, by reason
         self.checkpoints = checkpoints
         self.checkpoint_bytes = 0  # stored size of the last checkpoint
+        self.then = on_window  # also told of every judged window
 
     @property
     def owner(self) -> bool:
@@ -112,6 +114,8 @@ class EvaluatorStage:
     def on_window(self, result: WindowResult) -> None:
         self.metrics.pane_closed(result.model)
         self.metrics.window_judged(result.model, result.results)
+        if self.then is not None:
+            self.then(result)
 
     # -- commits -----------------------------------------------------------------------------
 

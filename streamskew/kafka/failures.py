@@ -19,6 +19,7 @@ kafka-python reports an unreachable broker and a refused password the same way, 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -132,21 +133,35 @@ class _Listen(logging.Handler):
             self.refused = True
 
 
+_LISTENING = threading.Lock()
+_listeners: list[_Listen] = []
+_saved: list[tuple[int, bool]] = []  # the kafka logger's level and propagate, while listened
+
+
 @contextmanager
 def _listening() -> Iterator[_Listen]:
-    """kafka-python's log records at DEBUG go to the listener only, for the duration."""
+    """kafka-python's log records at DEBUG go to the listener only, for the duration. Several
+    threads may connect at once (replicas in one process): the logger is switched by the
+    first and restored by the last."""
     logger = logging.getLogger("kafka")
     listener = _Listen()
-    level, propagate = logger.level, logger.propagate
-    logger.addHandler(listener)
-    logger.setLevel(logging.DEBUG)
-    logger.propagate = False  # its DEBUG lines would otherwise reach the user's handlers
+    with _LISTENING:
+        if not _listeners:
+            _saved.append((logger.level, logger.propagate))
+            logger.setLevel(logging.DEBUG)
+            logger.propagate = False  # its DEBUG lines would otherwise reach the user
+        _listeners.append(listener)
+        logger.addHandler(listener)
     try:
         yield listener
     finally:
-        logger.removeHandler(listener)
-        logger.setLevel(level)
-        logger.propagate = propagate
+        with _LISTENING:
+            logger.removeHandler(listener)
+            _listeners.remove(listener)
+            if not _listeners:
+                level, propagate = _saved.pop()
+                logger.setLevel(level)
+                logger.propagate = propagate
 
 
 def connect_admin(kafka: KafkaConfig, bootstrap: str | None = None,

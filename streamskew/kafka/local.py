@@ -917,16 +917,6 @@ class LocalKafka:
 # --------------------------------------------------------------------------- CLI
 
 
-def _setup_cli_logging() -> None:
-    logger = logging.getLogger(__name__)
-    if not any(getattr(h, "_streamskew_cli", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("local-kafka: %(message)s"))
-        handler._streamskew_cli = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-
-
 _port_option = click.option(
     "--port",
     type=click.IntRange(0, 65535),
@@ -949,7 +939,6 @@ def local_kafka() -> None:
 
     The jars are fetched once from Maven Central with `mvn` (needs Java 17+ and Maven).
     """
-    _setup_cli_logging()
 
 
 @local_kafka.command("start")

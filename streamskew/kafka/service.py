@@ -45,6 +45,7 @@ from kafka.errors import KafkaError, ProducerFencedError
 from ..baseline import Baseline
 from ..config import Config
 from ..detector.builder import BuilderStats
+from ..detector.evaluator import WindowResult
 from ..detector.events import SkewEvent
 from .clients import admin_settings, consumer_settings, producer_settings
 from .evaluator_stage import EvaluatorStage
@@ -95,7 +96,8 @@ class DetectorService:
                  checkpoint_interval_s: float = 1.0, idle_timeout_s: float = 30.0,
                  on_event: Callable[[SkewEvent], None] | None = None,
                  metrics: Metrics | None = None, max_poll_records: int = 5000,
-                 worker: int = 0, clock: Callable[[], float] = time.monotonic) -> None:
+                 worker: int = 0, clock: Callable[[], float] = time.monotonic,
+                 on_window: Callable[[WindowResult], None] | None = None) -> None:
         self.config = config
         self.kafka = config.kafka
         self.baselines = ({"default": baselines} if isinstance(baselines, Baseline)
@@ -115,7 +117,8 @@ class DetectorService:
         self.source_stage = SourceStage(config, self.baselines, self.metrics, clock,
                                         until_end, idle_timeout_s, self.checkpoints)
         self.evaluator_stage = EvaluatorStage(config, self.baselines, self.metrics,
-                                              lambda: self.expected_sources, self.checkpoints)
+                                              lambda: self.expected_sources, self.checkpoints,
+                                              on_window)
         self.joined_sources = self.joined_evaluator = False
         self._evaluator_due = 0  # checkpoints since the evaluator's last commit
         self._committed_since_failure = True

@@ -59,6 +59,7 @@ class _Job:
     checkpoint_interval_s: float
     max_poll_records: int
     metrics_port: int | None
+    log_settings: dict[str, Any]  # the parent's logging, repeated in each worker
 
 
 def run_workers(config: Config, baselines: Baseline | Mapping[str, Baseline], workers: int,
@@ -75,8 +76,10 @@ def run_workers(config: Config, baselines: Baseline | Mapping[str, Baseline], wo
     """
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
+    from .. import logs
+
     job = _Job(config, baselines, bootstrap_servers, until_end, checkpoint_interval_s,
-               max_poll_records, metrics_port)
+               max_poll_records, metrics_port, logs.settings())
     context = multiprocessing.get_context("spawn")
     halt = context.Event()
     messages: Any = context.Queue()
@@ -146,6 +149,11 @@ def _worker_main(index: int, job: _Job, halt: Any, messages: Any) -> None:
         signal.signal(sig, lambda *_: halt.set())
     threading.Thread(target=_stop_when_orphaned, args=(os.getppid(), halt), daemon=True,
                      name="streamskew-orphan-watch").start()
+    from .. import logs
+    from ..verdict import WindowWatch
+
+    if job.log_settings:
+        logs.configure(**job.log_settings)
     metrics = None
     try:
         if job.metrics_port is not None:
@@ -157,7 +165,8 @@ def _worker_main(index: int, job: _Job, halt: Any, messages: Any) -> None:
             job.config, job.baselines, bootstrap_servers=job.bootstrap_servers,
             until_end=job.until_end, checkpoint_interval_s=job.checkpoint_interval_s,
             on_event=lambda event: messages.put(("event", index, event)), metrics=metrics,
-            max_poll_records=job.max_poll_records, worker=index)
+            max_poll_records=job.max_poll_records, worker=index,
+            on_window=WindowWatch(announce=True).on_window)
         stats = service.run(halt)
     except BaseException as exc:  # reported, then this worker exits non-zero
         messages.put(("error", index, f"{type(exc).__name__}: {exc}"))
