@@ -30,6 +30,7 @@ from ..detector.sources import SourceCoordinator
 from ..detector.window import BaselineMismatch, Pane
 from .metrics import Metrics
 from .state import CheckpointStore, EvaluatorCheckpoint, PaneMessage, evaluator_key
+from .transactions import TXN_TIMEOUT_S, send_offsets
 
 __all__ = ["EvaluatorStage"]
 
@@ -137,9 +138,9 @@ class EvaluatorStage:
                 self.checkpoint_bytes = self.checkpoints.send(
                     producer, evaluator_key(self.group, tp.partition),
                     EvaluatorCheckpoint(positions[tp], snapshot).encode())
-            producer.send_offsets_to_transaction(
-                {tp: OffsetAndMetadata(p, "", -1) for tp, p in positions.items()},
-                self.consumer.group_metadata())
+            send_offsets(producer,
+                         {tp: OffsetAndMetadata(p, "", -1) for tp, p in positions.items()},
+                         self.consumer.group_metadata(), TXN_TIMEOUT_S)
         self.committed_positions = positions
         self.committed_windows = self.sources.evaluator.windows
         for event in self.pending:

@@ -52,7 +52,7 @@ class KafkaProblem(StreamskewError):
 
 def is_transient(exc: BaseException) -> bool:
     """Whether a running service should wait ``exc`` out (retry from its last checkpoint)."""
-    if isinstance(exc, StreamskewError | FATAL):
+    if isinstance(exc, StreamskewError) or isinstance(exc, FATAL):  # noqa: SIM101
         return False
     return isinstance(exc, kerrors.KafkaError | OSError | TimeoutError)
 

@@ -55,6 +55,7 @@ from .slots import Slot
 from .source_stage import SourceStage, dead_letter_headers, source_name
 from .state import CheckpointStore, builder_key, evaluator_key
 from .topics import ensure_topics, internal_topics, source_topics
+from .transactions import transaction
 
 __all__ = ["DetectorService", "ServiceStats", "dead_letter_headers", "source_name"]
 
@@ -305,13 +306,13 @@ class DetectorService:
         """Commit stage 1 (panes, dead letters, builder state, source offsets), then stage 2
         (alerts, evaluator state, panes offsets), each in its own transaction. Stage 2 waits
         for alerts or for EVALUATOR_CHECKPOINT_EVERY checkpoints, unless ``force``."""
-        if self.source_stage.commit(self.producer, _transaction):
+        if self.source_stage.commit(self.producer, transaction):
             self.stats.transactions += 1
             self._committed_since_failure = True
         self._evaluator_due += 1
         if force or self.evaluator_stage.pending \
                 or self._evaluator_due >= EVALUATOR_CHECKPOINT_EVERY:
-            if self.evaluator_stage.commit(self.producer, _transaction, self._published):
+            if self.evaluator_stage.commit(self.producer, transaction, self._published):
                 self.stats.transactions += 1
             self._evaluator_due = 0
         self.source_stage.report()
@@ -328,14 +329,14 @@ class DetectorService:
         self.source_stage.assign(partitions, self.checkpoints.read(self.state_settings, keys))
 
     def revoke_sources(self, partitions: list[TP]) -> None:
-        self.source_stage.revoke(partitions, self.producer, _transaction)
+        self.source_stage.revoke(partitions, self.producer, transaction)
 
     def assign_evaluator(self, partitions: list[TP]) -> None:
         keys = {evaluator_key(self.group, tp.partition) for tp in partitions}
         self.evaluator_stage.assign(partitions, self.checkpoints.read(self.state_settings, keys))
 
     def revoke_evaluator(self) -> None:
-        self.evaluator_stage.revoke(self.producer, _transaction, self._published)
+        self.evaluator_stage.revoke(self.producer, transaction, self._published)
 
     # -- the end -----------------------------------------------------------------------------
 
@@ -394,21 +395,6 @@ def _collecting_less() -> Iterator[None]:
     finally:
         gc.set_threshold(*before)
         gc.unfreeze()
-
-
-@contextmanager
-def _transaction(producer: KafkaProducer) -> Iterator[None]:
-    """Everything sent inside commits together, or is aborted (and the error re-raised)."""
-    producer.begin_transaction()
-    try:
-        yield
-        producer.commit_transaction()
-    except Exception:
-        try:
-            producer.abort_transaction()
-        except Exception:
-            log.debug("abort failed", exc_info=True)
-        raise
 
 
 class _SourceListener(ConsumerRebalanceListener):

@@ -28,6 +28,7 @@ from ..detector.window import BaselineMismatch, Pane
 from ..records import NO_TIME, BadRecord
 from .metrics import Metrics
 from .state import BuilderCheckpoint, CheckpointStore, PaneMessage, builder_key
+from .transactions import TXN_TIMEOUT_S, send_offsets
 
 __all__ = ["SourceStage", "dead_letter", "dead_letter_headers", "source_name"]
 
@@ -210,7 +211,7 @@ class SourceStage:
                 if source.position is not None:
                     offsets[source.tp] = OffsetAndMetadata(source.position, "", -1)
             if offsets:
-                producer.send_offsets_to_transaction(offsets, self.consumer.group_metadata())
+                send_offsets(producer, offsets, self.consumer.group_metadata(), TXN_TIMEOUT_S)
         for source, beat in due:
             # Counted once committed: work redone after a failure is not counted twice.
             self.metrics.records(source.tp.topic,
