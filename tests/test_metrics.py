@@ -7,6 +7,7 @@ import inspect
 import math
 import os
 import re
+import signal
 import socket
 import sys
 import time
@@ -384,3 +385,48 @@ def test_an_evaluator_taking_over_shows_the_skews_raised_before(
     assert not any('feature="depth"' in key for key in got)
     metrics.event(skew_event("skew_resolved", 0.05, "info"))
     assert samples(scrape(metrics.port))[f"streamskew_skew_active{{{carat}}}"] == 0
+
+
+def test_run_listens_where_metrics_host_says_and_fails_in_one_line(tmp_path) -> None:
+    """`run --metrics-host` (or STREAMSKEW_METRICS_HOST) reaches the endpoint: an address
+    that cannot be had is named in one line, before any broker is contacted."""
+    from click.testing import CliRunner
+
+    from streamskew.cli import main
+
+    training_baseline().save(tmp_path / "baseline.json")
+    config = tmp_path / "k.toml"
+    config.write_text('baseline = "baseline.json"\n[kafka]\nbootstrap_servers = "127.0.0.1:1"\n'
+                      'topics = ["t"]\n')
+    runner = CliRunner()
+    # `run` installs SIGTERM/SIGINT handlers for its own stop: put pytest's back afterwards.
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        _run_with_metrics_hosts(runner, main, config)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    help_text = runner.invoke(main, ["run", "--help"]).output
+    assert "--metrics-host" in help_text and "STREAMSKEW_METRICS_HOST" in help_text
+    assert "default: 127.0.0.1" in help_text
+
+
+def _run_with_metrics_hosts(runner, main, config) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = runner.invoke(main, ["run", "--config", str(config), "--metrics-port",
+                                      str(port)], env={"STREAMSKEW_METRICS_HOST": None})
+        assert result.exit_code == 1
+        assert result.stderr == (f"Error: cannot serve metrics on 127.0.0.1:{port}: Address "
+                                 "already in use; choose another --metrics-port or "
+                                 "--metrics-host\n")
+    for args, env in (([], {"STREAMSKEW_METRICS_HOST": "no-such-host.invalid"}),
+                      (["--metrics-host", "no-such-host.invalid"], {})):
+        result = runner.invoke(main, ["run", "--config", str(config), "--metrics-port", "0",
+                                      *args], env=env)
+        assert result.exit_code == 1
+        assert result.stderr.startswith("Error: cannot serve metrics on "
+                                        "no-such-host.invalid:0: ")
+        assert result.stderr.count("\n") == 1

@@ -46,9 +46,11 @@ a feature of a baseline or one of the first ``max_new_features`` unknown keys (t
 for series of their own; ``skew_active`` of an ``other`` series counts the raised checks
 folded into it, and ``model_records_total{model="other"}`` counts their records.
 
+``watermark_timestamp_seconds`` is the partition's event-time watermark, as the engine keeps
+it: its stream time (the ``[window] watermark_quorum``-th latest event time among its last
+``watermark_memory`` records, so a few bad clocks cannot move it) less ``allowed_lateness``.
 Watermark delay, as the dashboard draws it, is ``time() - watermark_timestamp_seconds``: how
-far the partition's event-time watermark (the largest event time seen, less the allowed
-lateness) trails the wall clock. It includes the lateness allowance and any producer delay.
+far that trails the wall clock, lateness allowance and producer delay included.
 
 ``prometheus-client`` is an extra (``pip install 'streamskew[metrics]'``); :class:`NullMetrics`
 has the same methods and does nothing, for a service started without a metrics port.
@@ -241,7 +243,7 @@ class ServiceMetrics:
         self._lag = gauge("consumer_lag_records", "Records between the consumer's position "
                           "and the partition's end offset.", ("topic", "partition"))
         self._watermark = gauge("watermark_timestamp_seconds", "Event-time watermark of the "
-                                "partition (largest event time less the allowed lateness), "
+                                "partition (its stream time less the allowed lateness), "
                                 "unix time in seconds.", ("topic", "partition"))
         self._panes = counter("pane_closes", "Panes closed (the window slid by one pane).",
                               ("model",))
