@@ -268,6 +268,18 @@ def test_no_created_series_in_either_format_and_the_global_registry_keeps_its_ow
     assert b"user_requests_created" in prometheus_client.generate_latest(theirs)
 
 
+def test_a_scrape_may_ask_for_some_metrics_by_name(metrics: ServiceMetrics) -> None:
+    metrics.records("requests", 4)
+    metrics.lag("requests", 0, 7)
+    url = (f"http://127.0.0.1:{metrics.port}/metrics?name[]=streamskew_records_total"
+           "&name[]=streamskew_build_info&name[]=process_open_fds")
+    with urllib.request.urlopen(url, timeout=5) as response:
+        got = samples(response.read().decode())
+    assert got.pop('streamskew_records_total{topic="requests"}') == 4
+    assert got.pop("process_open_fds") > 0
+    assert [key.split("{")[0] for key in got] == ["streamskew_build_info"]
+
+
 def test_build_baseline_process_and_python_info(metrics: ServiceMetrics) -> None:
     from streamskew import __version__
 

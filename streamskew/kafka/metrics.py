@@ -212,10 +212,6 @@ class ServiceMetrics:
         # What is served: our own metrics (without _created) and the process collectors.
         self.registry = prom.CollectorRegistry(auto_describe=True)
         own = prom.CollectorRegistry(auto_describe=True)
-        self.registry.register(_WithoutCreated(own))
-        prom.ProcessCollector(registry=self.registry)
-        prom.PlatformCollector(registry=self.registry)
-        prom.GCCollector(registry=self.registry)
 
         def counter(name: str, doc: str, labels: tuple[str, ...]) -> Any:
             return prom.Counter(name, doc, labels, namespace=PREFIX, registry=own)
@@ -261,6 +257,12 @@ class ServiceMetrics:
         self._kafka_errors = counter("kafka_errors", "Transient Kafka failures waited out "
                                      "(the service resumed from its last checkpoint).",
                                      ("error",))
+        # Registered once every metric exists: the served registry learns their names now
+        # (a scrape may ask for some by name: /metrics?name[]=streamskew_score).
+        self.registry.register(_WithoutCreated(own))
+        prom.ProcessCollector(registry=self.registry)
+        prom.PlatformCollector(registry=self.registry)
+        prom.GCCollector(registry=self.registry)
 
     # -- the HTTP endpoint -------------------------------------------------------------------
 
