@@ -391,14 +391,18 @@ def _kafka_options(command: Any) -> Any:
 @click.option("--until-end", is_flag=True,
               help="Stop once caught up with the end offsets seen at start (batch jobs).")
 @click.option("--metrics-port", type=int, help="Serve Prometheus metrics on this port.")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True,
+              envvar="STREAMSKEW_METRICS_HOST", show_envvar=True,
+              help="Address the metrics endpoint listens on; 0.0.0.0 opens it to the network "
+              "(the container image sets it so).")
 @click.option("--checkpoint-interval", default="1s", show_default=True,
               help="How often offsets, panes, state and alerts are committed together.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Detector processes in this group on this machine (one per core, at most "
               "one per partition); worker i serves metrics on --metrics-port + i.")
 def run(config_path: str, baseline_path: str | None, bootstrap_servers: str | None,
-        until_end: bool, metrics_port: int | None, checkpoint_interval: str,
-        workers: int) -> None:
+        until_end: bool, metrics_port: int | None, metrics_host: str,
+        checkpoint_interval: str, workers: int) -> None:
     """Join the consumer group and publish skew events to the alerts topic."""
     import signal
     import threading
@@ -422,8 +426,8 @@ def run(config_path: str, baseline_path: str | None, bootstrap_servers: str | No
                    f"value={event.value:.4g} threshold={event.threshold:.4g}", err=True)
 
     def show_metrics(worker: int, port: int) -> None:
-        click.echo(f"metrics on :{port}/metrics" + (f" (worker {worker})" if workers > 1
-                                                    else ""), err=True)
+        click.echo(f"metrics on http://{metrics_host}:{port}/metrics"
+                   + (f" (worker {worker})" if workers > 1 else ""), err=True)
 
     options = {"bootstrap_servers": bootstrap_servers, "until_end": until_end,
                "checkpoint_interval_s": interval, "on_event": show}
@@ -436,10 +440,10 @@ def run(config_path: str, baseline_path: str | None, bootstrap_servers: str | No
 
             watch = None  # each worker watches its own windows (and says so in its log)
             stats = run_workers(config, baseline, workers, stop, metrics_port=metrics_port,
-                                on_metrics=show_metrics, **options)
+                                metrics_host=metrics_host, on_metrics=show_metrics, **options)
         else:
-            stats = _run_one(config, baseline, stop, metrics_port, show_metrics,
-                             {**options, "on_window": watch.on_window})
+            stats = _run_one(config, baseline, stop, (metrics_host, metrics_port),
+                             show_metrics, {**options, "on_window": watch.on_window})
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     except RuntimeError as exc:
@@ -456,16 +460,18 @@ def run(config_path: str, baseline_path: str | None, bootstrap_servers: str | No
         _finish(_verdict(RunCounts.of(b, windows=stats.windows), config, "run", topics), watch)
 
 
-def _run_one(config: Config, baseline: Baseline, stop: Any, metrics_port: int | None,
-             show_metrics: Any, options: dict[str, Any]) -> Any:
-    """`run` in this process (one worker)."""
+def _run_one(config: Config, baseline: Baseline, stop: Any,
+             metrics_address: tuple[str, int | None], show_metrics: Any,
+             options: dict[str, Any]) -> Any:
+    """`run` in this process (one worker); metrics on ``(host, port)`` when a port is set."""
     from .kafka.service import DetectorService
 
     metrics = None
-    if metrics_port is not None:
+    host, port = metrics_address
+    if port is not None:
         from .kafka.metrics import ServiceMetrics
 
-        metrics = ServiceMetrics(metrics_port)
+        metrics = ServiceMetrics(port, host)
         show_metrics(0, metrics.start())
     try:
         return DetectorService(config, baseline, metrics=metrics, **options).run(stop)

@@ -168,6 +168,10 @@ class EvaluatorStage:
                             exc)
                 self._skip("other_baseline")
             self.consumer.seek(tp, checkpoint.position)
+        # Skews raised before the restart or rebalance show at once, not at their next event.
+        self.metrics.evaluator_assigned(
+            (m.model, *key) for m in self.sources.evaluator.models.values()
+            for key, state in m.hysteresis.items() if state.active)
         self.sources.expect(self.expected())
         self.committed_positions = None
         self.windows_before = self.sources.evaluator.windows  # judged by earlier owners
@@ -183,6 +187,7 @@ class EvaluatorStage:
         except Exception:
             log.warning("evaluator checkpoint on revoke failed", exc_info=True)
         self.release()
+        self.metrics.evaluator_revoked()  # the next owner serves the scores from now on
 
     def release(self) -> None:
         """Stop evaluating (revoked, closing, or a Kafka failure), counting the windows

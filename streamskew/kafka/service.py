@@ -108,6 +108,7 @@ class DetectorService:
         self.checkpoint_interval_s = checkpoint_interval_s
         self.on_event = on_event
         self.metrics: Metrics = metrics if metrics is not None else NullMetrics()
+        self.metrics.use_baselines(self.baselines)  # bounds its model labels; baseline_info
         self.max_poll_records = max_poll_records
         self.worker = worker  # this process's number under `run --workers` (0 otherwise)
         self.clock = clock

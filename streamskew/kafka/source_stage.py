@@ -219,6 +219,8 @@ class SourceStage:
             source.committed = copy.deepcopy(source.builder.stats)
             for record in source.dead:
                 self.metrics.bad_record(source.tp.topic, record.reason)
+            for sealed in source.panes:
+                self.metrics.model_records(sealed.model, sealed.pane.records)
             self.dead_letters += len(source.dead)
             source.panes, source.dead = [], []
             source.dirty = False

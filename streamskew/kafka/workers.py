@@ -13,7 +13,7 @@ The parent only supervises: it relays each worker's alerts to ``on_event`` as th
 published, stops every worker when it is told to stop or when one of them fails, and sums
 their statistics. Each worker has its own transactional id (``worker`` number in it), so a
 restarted worker fences exactly its own predecessor. With a metrics port, worker ``i``
-serves its own metrics on ``port + i``; scrape them all (Prometheus sums over targets).
+serves its own metrics on ``host:port + i``; scrape them all (Prometheus sums over targets).
 
 More workers than CPU cores, or than source partitions, only adds rebalancing: a member
 without partitions has nothing to do.
@@ -35,6 +35,7 @@ from typing import Any
 from ..baseline import Baseline
 from ..config import Config
 from ..detector.events import SkewEvent
+from .metrics import DEFAULT_HOST
 from .service import DetectorService, ServiceStats
 
 __all__ = ["WorkerError", "run_workers"]
@@ -59,6 +60,7 @@ class _Job:
     checkpoint_interval_s: float
     max_poll_records: int
     metrics_port: int | None
+    metrics_host: str
     log_settings: dict[str, Any]  # the parent's logging, repeated in each worker
 
 
@@ -66,6 +68,7 @@ def run_workers(config: Config, baselines: Baseline | Mapping[str, Baseline], wo
                 stop: threading.Event | None = None, *, bootstrap_servers: str | None = None,
                 until_end: bool = False, checkpoint_interval_s: float = 1.0,
                 max_poll_records: int = 5000, metrics_port: int | None = None,
+                metrics_host: str = DEFAULT_HOST,
                 on_event: Callable[[SkewEvent], None] | None = None,
                 on_metrics: Callable[[int, int], None] | None = None) -> ServiceStats:
     """Run ``workers`` detector processes until ``stop`` is set, or, with ``until_end``, until
@@ -79,7 +82,7 @@ def run_workers(config: Config, baselines: Baseline | Mapping[str, Baseline], wo
     from .. import logs
 
     job = _Job(config, baselines, bootstrap_servers, until_end, checkpoint_interval_s,
-               max_poll_records, metrics_port, logs.settings())
+               max_poll_records, metrics_port, metrics_host, logs.settings())
     context = multiprocessing.get_context("spawn")
     halt = context.Event()
     messages: Any = context.Queue()
@@ -159,7 +162,8 @@ def _worker_main(index: int, job: _Job, halt: Any, messages: Any) -> None:
         if job.metrics_port is not None:
             from .metrics import ServiceMetrics
 
-            metrics = ServiceMetrics(job.metrics_port + index if job.metrics_port else 0)
+            metrics = ServiceMetrics(job.metrics_port + index if job.metrics_port else 0,
+                                     job.metrics_host)
             messages.put(("metrics", index, metrics.start()))
         service = DetectorService(
             job.config, job.baselines, bootstrap_servers=job.bootstrap_servers,
