@@ -453,6 +453,11 @@ def run(config_path: str, baseline_path: str | None, bootstrap_servers: str | No
                f"field_errors={sum(b.field_errors.values())} late={b.late} "
                f"dead_letters={stats.dead_letters} windows={stats.windows} "
                f"events={len(stats.events)}", err=True)
+    if stats.kafka_errors:
+        waited = ", ".join(f"{name} x{count}" for name, count in sorted(stats.kafka_errors.items()))
+        click.echo(f"Kafka failures waited out: {waited}", err=True)
+    for warning in stats.warnings:  # said in the log as they happened; again at the end
+        click.echo(f"Warning: {warning}", err=True)
     if until_end:
         topics = ", ".join(config.kafka.topics) or config.kafka.topic_pattern or "the topics"
         if watch is not None:
@@ -527,6 +532,8 @@ def replay(config_path: str, baseline_path: str | None, bootstrap_servers: str |
     click.echo(f"records={result.records} accepted={stats.accepted} rejected={stats.bad_total} "
                f"outside_range={stats.outside_range} late={stats.late} "
                f"windows={result.windows} events={len(result.events)}", err=True)
+    for warning in result.warnings:
+        click.echo(f"Warning: {warning}", err=True)
     counts = RunCounts.of(stats, windows=result.windows, watch=watch,
                           time_range=(start_ms, end_ms))
     counts.records = result.records

@@ -34,8 +34,10 @@ import click
 import orjson
 
 from ..config import Config, ConfigError
+from ..errors import StreamskewError
 from ..timeparse import ACCEPTED_FORMS, format_time, parse_time
 from .clients import consumer_settings
+from .failures import connect_admin
 
 __all__ = ["AlertReader", "AlertRecord", "AlertsError", "alerts", "parse_event", "read_alerts"]
 
@@ -47,7 +49,7 @@ _STRING_FIELDS = ("type", "model", "feature", "check", "metric", "severity")
 _NUMBER_FIELDS = ("value", "threshold")
 
 
-class AlertsError(RuntimeError):
+class AlertsError(StreamskewError, RuntimeError):
     """The alerts cannot be read (missing topic, unreachable broker); the message says why."""
 
 
@@ -159,6 +161,8 @@ class AlertReader:
         settings.setdefault("client_id", "streamskew-alerts")
         servers = settings.get("bootstrap_servers")
         where = ",".join(servers) if isinstance(servers, list) else str(servers)
+        # The first connection says why it failed (nothing listening, credentials refused).
+        connect_admin(config.kafka, bootstrap_servers, "alerts").close()
         try:
             self._consumer = KafkaConsumer(**settings)
         except KafkaError as exc:

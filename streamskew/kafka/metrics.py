@@ -129,6 +129,7 @@ class Metrics(Protocol):
     def evaluator_assigned(self, raised: Iterable[tuple[str, str, str, str]]) -> None: ...
     def evaluator_revoked(self) -> None: ...
     def kafka_error(self, error: str) -> None: ...
+    def deleted_unread(self, topic: str, n: int) -> None: ...
 
 
 class LabelBudget:
@@ -257,6 +258,8 @@ class ServiceMetrics:
         self._kafka_errors = counter("kafka_errors", "Transient Kafka failures waited out "
                                      "(the service resumed from its last checkpoint).",
                                      ("error",))
+        self._deleted = counter("deleted_unread_records", "Records the broker deleted "
+                                "(retention) before this service read them.", ("topic",))
         # Registered once every metric exists: the served registry learns their names now
         # (a scrape may ask for some by name: /metrics?name[]=streamskew_score).
         self.registry.register(_WithoutCreated(own))
@@ -446,6 +449,10 @@ class ServiceMetrics:
         """A transient Kafka failure (its exception name) was waited out."""
         self._kafka_errors.labels(error).inc()
 
+    def deleted_unread(self, topic: str, n: int) -> None:
+        """``n`` records of ``topic`` were deleted by retention before they were read."""
+        self._deleted.labels(topic).inc(n)
+
 
 class NullMetrics:
     """The interface of :class:`ServiceMetrics`, doing nothing (no metrics port configured)."""
@@ -509,4 +516,7 @@ class NullMetrics:
         """Ignored."""
 
     def kafka_error(self, error: str) -> None:
+        """Ignored."""
+
+    def deleted_unread(self, topic: str, n: int) -> None:
         """Ignored."""

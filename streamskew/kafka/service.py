@@ -54,7 +54,7 @@ from .metrics import Metrics, NullMetrics
 from .slots import Slot
 from .source_stage import SourceStage, dead_letter_headers, source_name
 from .state import CheckpointStore, builder_key, evaluator_key
-from .topics import ensure_topics, internal_topics, source_topics
+from .topics import RetentionWatch, ensure_topics, internal_topics, retention_ms, source_topics
 from .transactions import transaction
 
 __all__ = ["DetectorService", "ServiceStats", "dead_letter_headers", "source_name"]
@@ -83,6 +83,8 @@ class ServiceStats:
     dead_letters: int = 0
     transactions: int = 0
     kafka_errors: dict[str, int] = field(default_factory=dict)  # waited out, by error
+    deleted_unread: dict[str, int] = field(default_factory=dict)  # by topic (retention)
+    warnings: list[str] = field(default_factory=list)  # said in the log; repeat at the end
 
 
 class DetectorService:
@@ -140,11 +142,12 @@ class DetectorService:
             if created:
                 log.info("created topics %s", ", ".join(created))
             self.topics = source_topics(self.kafka, admin.list_topics())
+            self.source_stage.retention = RetentionWatch(retention_ms(admin, self.topics))
         finally:
             admin.close()
         if not self.topics:
             wanted = self.kafka.topic_pattern or ", ".join(self.kafka.topics) or "(none)"
-            raise RuntimeError(f"no source topic to read: [kafka] topics/topic_pattern = "
+            raise KafkaProblem(f"run: no source topic to read: [kafka] topics/topic_pattern = "
                                f"{wanted}; create the topic or fix the config")
         settings = consumer_settings(self.kafka, self.bootstrap)
         self.state_settings = {k: v for k, v in settings.items()
@@ -362,6 +365,8 @@ class DetectorService:
         self.evaluator_stage.release()
         self.stats.windows = self.evaluator_stage.windows
         self.stats.dead_letters = self.source_stage.dead_letters
+        self.stats.deleted_unread = dict(self.source_stage.deleted_unread)
+        self.stats.warnings = list(self.source_stage.warnings)
         for client in ("source_consumer", "panes_consumer", "producer"):
             closer = getattr(self.__dict__.get(client), "close", None)
             if closer is None:

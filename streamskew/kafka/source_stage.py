@@ -28,6 +28,7 @@ from ..detector.window import BaselineMismatch, Pane
 from ..records import NO_TIME, BadRecord
 from .metrics import Metrics
 from .state import BuilderCheckpoint, CheckpointStore, PaneMessage, builder_key
+from .topics import RetentionWatch
 from .transactions import TXN_TIMEOUT_S, send_offsets
 
 __all__ = ["SourceStage", "dead_letter", "dead_letter_headers", "source_name"]
@@ -123,6 +124,9 @@ class SourceStage:
         self.dead_letter_max_bytes = DEAD_LETTER_MAX_BYTES
         self.checkpoints = checkpoints
         self.checkpoint_bytes: dict[str, int] = {}  # stored size of each source's checkpoint
+        self.retention: RetentionWatch | None = None  # set by the service once connected
+        self.deleted_unread: dict[str, int] = {}  # records deleted before read, by topic
+        self.warnings: list[str] = []  # what the run should tell at its end
         self.dead_letters = 0
         self.skipped_checkpoints = 0  # built against another baseline
 
@@ -132,6 +136,12 @@ class SourceStage:
         source = self.sources.get(tp)
         if source is None or not records:
             return
+        if source.position is not None and records[0].offset > source.position + 1:
+            self._check_deleted(source, source.position)
+        if self.retention is not None:
+            warning = self.retention.check(tp.topic, min(r.timestamp for r in records))
+            if warning:
+                self._warn(warning)
         source.position = records[-1].offset + 1
         source.dirty = True
         if source.final:  # already sealed for good (until_end): nothing more to fold
@@ -152,6 +162,8 @@ class SourceStage:
         for source in self.sources.values():
             position = self._fetch_position(source.tp)
             if position is not None and position != source.position:
+                if source.position is not None and position > source.position + 1:
+                    self._check_deleted(source, source.position)
                 source.position = position
                 source.dirty = True
             if self.until_end and not source.final:
@@ -160,6 +172,30 @@ class SourceStage:
                         and source.position >= target:
                     source.panes.extend(source.builder.seal_all())
                     source.final = source.dirty = True
+
+    def _check_deleted(self, source: _Source, expected: int) -> None:
+        """Offsets skipped from ``expected`` on: records the broker deleted (retention)
+        before they were read, if its low watermark is now past them. A gap of one offset
+        is a transaction marker, and is not looked at."""
+        assert self.consumer is not None
+        try:
+            low = self.consumer.beginning_offsets([source.tp])[source.tp]
+        except Exception:  # cannot tell now; the next gap asks again
+            log.debug("beginning_offsets failed", exc_info=True)
+            return
+        if low is None or low <= expected:
+            return
+        lost = low - expected
+        topic = source.tp.topic
+        self.deleted_unread[topic] = self.deleted_unread.get(topic, 0) + lost
+        self.metrics.deleted_unread(topic, lost)
+        self._warn(f"{source.name}: {lost:,} records (offsets {expected:,}..{low - 1:,}) were "
+                   f"deleted by the broker before they were read (retention.ms of {topic}); "
+                   "they are not judged")
+
+    def _warn(self, sentence: str) -> None:
+        log.warning("%s", sentence)
+        self.warnings.append(sentence)
 
     def _fetch_position(self, tp: TP) -> int | None:
         """The consumer's position for ``tp``, or None while it has none yet. Never blocks:
@@ -277,6 +313,8 @@ class SourceStage:
                     source.builder = PaneBuilder(self.config, self.baselines)
                 source.final = checkpoint.final
                 source.position = checkpoint.position  # not new, so not dirty
+                if checkpoint.position is not None:
+                    self._check_deleted(source, checkpoint.position)
                 # Continue exactly where the checkpoint was taken. The committed offset says
                 # the same (same transaction), but reading it fails or falls back to the
                 # reset policy while a dead replica's transaction still holds pending offsets.

@@ -35,6 +35,7 @@ from typing import Any
 from ..baseline import Baseline
 from ..config import Config
 from ..detector.events import SkewEvent
+from ..errors import StreamskewError
 from .metrics import DEFAULT_HOST
 from .service import DetectorService, ServiceStats
 
@@ -45,7 +46,7 @@ log = logging.getLogger(__name__)
 POLL_S = 0.2  # how often the parent looks at its stop flag and at dead workers
 
 
-class WorkerError(RuntimeError):
+class WorkerError(StreamskewError, RuntimeError):
     """A worker process failed; the others were stopped."""
 
 
@@ -143,6 +144,11 @@ def _add(total: ServiceStats, part: ServiceStats) -> None:
     total.windows += part.windows
     total.dead_letters += part.dead_letters
     total.transactions += part.transactions
+    for mine, theirs in ((total.kafka_errors, part.kafka_errors),
+                         (total.deleted_unread, part.deleted_unread)):
+        for key, count in theirs.items():
+            mine[key] = mine.get(key, 0) + count
+    total.warnings.extend(w for w in part.warnings if w not in total.warnings)
 
 
 def _worker_main(index: int, job: _Job, halt: Any, messages: Any) -> None:
@@ -173,7 +179,8 @@ def _worker_main(index: int, job: _Job, halt: Any, messages: Any) -> None:
             on_window=WindowWatch(announce=True).on_window)
         stats = service.run(halt)
     except BaseException as exc:  # reported, then this worker exits non-zero
-        messages.put(("error", index, f"{type(exc).__name__}: {exc}"))
+        said = str(exc) if isinstance(exc, StreamskewError) else f"{type(exc).__name__}: {exc}"
+        messages.put(("error", index, said))
         raise SystemExit(1) from None
     finally:
         if metrics is not None:
