@@ -34,6 +34,7 @@ __all__ = [
     "DetectConfig",
     "FeatureConfig",
     "KafkaConfig",
+    "LabelsConfig",
     "MessageConfig",
     "WindowConfig",
     "check_feature_overrides",
@@ -176,6 +177,54 @@ class BaselineBuildConfig:
     chunk_rows: int = 200_000
 
 
+PERFORMANCE_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "mae",
+                       "rmse", "bias")
+TASKS = ("classification", "regression")
+
+
+@dataclass(frozen=True)
+class LabelsConfig:
+    """Delayed labels joined to the requests they belong to (performance skew).
+
+    Requests carry an id at ``request_id``; label records carry it at ``label_request_id``,
+    the label at ``label`` and the label's own event time at ``label_time``. A label joins
+    its request when it comes within ``max_delay`` of the request's event time. ``sample``
+    keeps that share of requests for the join, chosen by a hash of the request id, so
+    requests and labels agree on which are kept. A window of fewer than ``min_labels``
+    labels is not judged. A pane is final when the label watermark has passed its end plus
+    ``max_delay``, or earlier once ``final_when_labelled`` (a share, 0 = off) of its sampled
+    requests have their label.
+
+    >>> LabelsConfig(max_delay="2h").max_delay_ms
+    7200000
+    """
+
+    topic: str | None = None
+    topic_pattern: str | None = None
+    request_id: str = "request_id"
+    prediction: str | None = None  # None: [message] prediction
+    label_request_id: str = "request_id"
+    label: str = "label"
+    label_time: str | None = "timestamp"
+    max_delay: str = "1h"
+    sample: float = 1.0
+    min_labels: int = 100
+    final_when_labelled: float = 0.0
+    max_pending: int = 1_000_000
+    task: str | None = None  # inferred from the validation labels when not set
+    positive: str | None = None
+    threshold: float = 0.5
+    metrics: tuple[str, ...] = ()  # () = every metric of the task
+    max_drop: float = 0.02
+    max_increase: float = 0.1
+    size: str | None = None  # performance windows; None: [window] size and pane
+    pane: str | None = None
+
+    @property
+    def max_delay_ms(self) -> int:
+        return parse_duration(self.max_delay)
+
+
 # kafka-python settings we pass straight through, with Kafka's own names.
 _KAFKA_OWN_KEYS = ("bootstrap_servers", "topics", "topic_pattern", "group_id", "alerts_topic",
                    "dlq_topic", "state_topic", "panes_topic")
@@ -230,6 +279,7 @@ class Config:
     features: Mapping[str, FeatureConfig] = field(default_factory=lambda: MappingProxyType({}))
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     source: str = "<defaults>"
+    labels: LabelsConfig | None = None  # [labels]: performance skew (None: not configured)
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str]) -> Config:
@@ -300,7 +350,8 @@ class _Reader:
         return None
 
     def read(self, raw: dict[str, Any]) -> Config:
-        known = {"baseline", "message", "window", "detect", "build", "features", "kafka"}
+        known = {"baseline", "message", "window", "detect", "build", "features", "kafka",
+                 "labels"}
         for key in raw:
             if key not in known:
                 allowed = ", ".join(sorted(known))
@@ -316,8 +367,13 @@ class _Reader:
         build = self._section(raw, "build", BaselineBuildConfig)
         features = self._features(raw.get("features", {}))
         kafka = self._kafka(raw.get("kafka", {}))
+        labels = None
+        if "labels" in raw:
+            labels = self._section(raw, "labels", LabelsConfig)
+            self._check_labels(labels)
         return Config(baseline=baseline, message=message, window=window, detect=detect,
-                      build=build, features=features, kafka=kafka, source=self.source)
+                      build=build, features=features, kafka=kafka, source=self.source,
+                      labels=labels)
 
     def _section(self, raw: dict[str, Any], name: str, cls: type, table: Any = None) -> Any:
         table = raw.get(name, {}) if table is None else table
@@ -400,6 +456,52 @@ class _Reader:
         for key in ("raise_after", "resolve_after"):
             if getattr(detect, key) < 1:
                 raise self.fail("detect", key, ": must be at least 1 window")
+
+    def _check_labels(self, labels: LabelsConfig) -> None:
+        allowed = "use a number with a unit: 500ms, 90s, 15m, 1h, 1d"
+        for key in ("max_delay", "size", "pane"):
+            value = getattr(labels, key)
+            if value is None and key != "max_delay":
+                continue
+            try:
+                if parse_duration(value) <= 0:
+                    raise ValueError("must be longer than 0")
+            except ValueError as exc:
+                raise self.fail("labels", key, f" = {value!r}: {exc}; {allowed}") from None
+        if (labels.size is None) != (labels.pane is None):
+            raise self.fail("labels", "size" if labels.size is None else "pane",
+                            ": set both size and pane, or neither (then [window]'s apply)")
+        if labels.size is not None and labels.pane is not None:
+            size, pane = parse_duration(labels.size), parse_duration(labels.pane)
+            if size % pane:
+                raise self.fail("labels", "size", f" = {labels.size!r}: must be a whole "
+                                f"multiple of pane ({labels.pane!r})")
+        if labels.topic and labels.topic_pattern:
+            raise self.fail("labels", "topic_pattern", ": give topic or topic_pattern, "
+                            "not both")
+        if not 0 < labels.sample <= 1:
+            raise self.fail("labels", "sample", f" = {labels.sample!r}: must be in (0, 1], "
+                            "e.g. 0.01 keeps 1% of requests for the join")
+        if not 0 <= labels.final_when_labelled <= 1:
+            raise self.fail("labels", "final_when_labelled",
+                            f" = {labels.final_when_labelled!r}: must be a share in [0, 1] "
+                            "(0 = only when the label watermark has passed)")
+        if not 0 < labels.threshold < 1:
+            raise self.fail("labels", "threshold", f" = {labels.threshold!r}: must be in "
+                            "(0, 1): scores at or above it predict the positive class")
+        if labels.task is not None and labels.task not in TASKS:
+            raise self.fail("labels", "task", f" = {labels.task!r}: allowed: "
+                            f"{', '.join(TASKS)}")
+        unknown = [m for m in labels.metrics if m not in PERFORMANCE_METRICS]
+        if unknown:
+            raise self.fail("labels", "metrics", f" = {unknown[0]!r}: allowed: "
+                            f"{', '.join(PERFORMANCE_METRICS)}")
+        if labels.max_pending < 1:
+            raise self.fail("labels", "max_pending", ": must be at least 1")
+        if not labels.request_id or not labels.label_request_id or not labels.label:
+            key = next(k for k in ("request_id", "label_request_id", "label")
+                       if not getattr(labels, k))
+            raise self.fail("labels", key, ": must be a path (e.g. \"request_id\")")
 
     def _features(self, table: Any) -> Mapping[str, FeatureConfig]:
         if not isinstance(table, dict):

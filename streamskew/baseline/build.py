@@ -16,6 +16,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -58,11 +59,13 @@ log = logging.getLogger(__name__)
 
 
 def build_from_files(paths: Iterable[str | os.PathLike[str]], config: Config | None = None,
-                     progress: bool = False) -> Baseline:
+                     progress: bool = False, label: str | None = None,
+                     prediction: str | None = None) -> Baseline:
     """Build from CSV/JSONL/Parquet inputs in two streaming passes (memory stays bounded).
 
     ``paths`` are files or ``-`` for standard input, gzipped or not (see
-    :mod:`streamskew.inputs`).
+    :mod:`streamskew.inputs`). With ``label``, the validation performance of the model whose
+    output is column ``prediction`` is stored too (:mod:`streamskew.performance.reference`).
     """
     config = config or Config()
     try:
@@ -71,8 +74,11 @@ def build_from_files(paths: Iterable[str | os.PathLike[str]], config: Config | N
         raise BaselineError(str(exc)) from None
     skipped = SkippedLines()
     builder = _Builder(config)
+    reference = _Reference(config, label, prediction) if label else None
     try:
         for chunk in _chunks(sources, config, skipped, progress, "baseline", first=True):
+            if reference is not None:
+                reference.add(chunk, builder.rows)
             builder.first_pass(chunk)
         builder.decide()
         if builder.needs_second_pass:
@@ -82,11 +88,13 @@ def build_from_files(paths: Iterable[str | os.PathLike[str]], config: Config | N
     finally:
         for source in sources:
             source.cleanup()
-    return builder.finish(tuple(s.label for s in sources), skipped)
+    built = builder.finish(tuple(s.label for s in sources), skipped)
+    return built if reference is None else replace(built, performance=reference.finish())
 
 
 def build_from_columns(columns: Mapping[str, Iterable[Any]],
-                       config: Config | None = None) -> Baseline:
+                       config: Config | None = None, label: str | None = None,
+                       prediction: str | None = None) -> Baseline:
     """Build from in-memory columns (name -> values), e.g. a dict of lists or arrays."""
     config = config or Config()
     chunk = {name: values.tolist() if isinstance(values, np.ndarray) else list(values)
@@ -94,11 +102,62 @@ def build_from_columns(columns: Mapping[str, Iterable[Any]],
     lengths = {len(v) for v in chunk.values()}
     if len(lengths) > 1:
         raise BaselineError("all columns must have the same length")
+    reference = _Reference(config, label, prediction) if label else None
+    if reference is not None:
+        reference.add(chunk, 0)
     builder = _Builder(config)
     builder.first_pass(chunk)
     builder.decide()
     builder.second_pass(chunk)
-    return builder.finish(("<columns>",))
+    built = builder.finish(("<columns>",))
+    return built if reference is None else replace(built, performance=reference.finish())
+
+
+class _Reference:
+    """The label and prediction columns -> the reference performance. The label column is
+    taken out of the chunk (it is not a feature); the prediction stays (prediction drift)."""
+
+    def __init__(self, config: Config, label: str, prediction: str | None) -> None:
+        from ..performance.reference import ReferenceBuilder
+
+        labels = config.labels
+        if prediction is None:
+            path = (labels.prediction if labels is not None and labels.prediction
+                    else config.message.prediction)
+            if not path:
+                raise BaselineError("no prediction column: pass --prediction COL (the "
+                                    "model's output in the validation data)")
+            prediction = path.split(".")[-1]
+        if prediction == label:
+            raise BaselineError(f"--label and --prediction name the same column {label!r}")
+        self.label = label
+        self.prediction = prediction
+        self.seen_label = self.seen_prediction = False
+        self.builder = ReferenceBuilder(
+            label, prediction, task=labels.task if labels else None,
+            positive=labels.positive if labels else None,
+            threshold=labels.threshold if labels else 0.5)
+
+    def add(self, chunk: dict[str, list[Any]], rows_before: int) -> None:
+        size = len(next(iter(chunk.values()))) if chunk else 0
+        labels = chunk.pop(self.label, None)
+        predictions = chunk.get(self.prediction)
+        self.seen_label |= labels is not None
+        self.seen_prediction |= predictions is not None
+        self.builder.add(labels if labels is not None else [None] * size,
+                         predictions if predictions is not None else [None] * size)
+
+    def finish(self) -> Any:
+        from ..performance.reference import ReferenceError
+
+        for seen, what, option in ((self.seen_label, self.label, "--label"),
+                                   (self.seen_prediction, self.prediction, "--prediction")):
+            if not seen:
+                raise BaselineError(f"{option} {what!r}: the input has no such column")
+        try:
+            return self.builder.finish()
+        except ReferenceError as exc:
+            raise BaselineError(str(exc)) from None
 
 
 def _chunks(sources: list[Input], config: Config, skipped: SkippedLines, progress: bool,

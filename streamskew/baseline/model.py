@@ -39,6 +39,7 @@ from ..sketch.quantiles import QuantileLayout
 
 if TYPE_CHECKING:
     from ..config import Config
+    from ..performance.reference import ReferencePerformance
     from ..readers import SkippedLines
 
 __all__ = ["SCHEMA", "Baseline", "BaselineError", "CategoricalBaseline", "FeatureBaseline",
@@ -191,6 +192,9 @@ class Baseline:
     records that carry them are not 'new features'."""
     skipped: SkippedLines | None = field(default=None, compare=False, repr=False)
     """Input lines that could not be used while building (None when loaded)."""
+    performance: ReferencePerformance | None = field(default=None, compare=False, repr=False)
+    """The model's validation performance (``baseline build --label``); None in baselines
+    built without labels and in files older than it (the file's ``performance`` key)."""
 
     @property
     def schema(self) -> dict[str, str]:
@@ -201,27 +205,37 @@ class Baseline:
 
     @classmethod
     def build(cls, paths: Iterable[str | os.PathLike[str]], config: Config | None = None,
-              progress: bool = False) -> Baseline:
-        """Build from CSV/JSONL/Parquet files in two streaming passes (memory stays bounded)."""
+              progress: bool = False, label: str | None = None,
+              prediction: str | None = None) -> Baseline:
+        """Build from CSV/JSONL/Parquet files in two streaming passes (memory stays bounded).
+
+        With ``label`` (a column of the validation data), also the model's reference
+        performance: ``prediction`` names the column of the model's output (default: the
+        last part of ``[message] prediction``)."""
         from .build import build_from_files
 
-        return build_from_files(paths, config, progress)
+        return build_from_files(paths, config, progress, label=label, prediction=prediction)
 
     @classmethod
     def from_columns(cls, columns: Mapping[str, Iterable[Any]],
-                     config: Config | None = None) -> Baseline:
-        """Build from in-memory columns (name -> values), e.g. a dict of lists or arrays."""
+                     config: Config | None = None, label: str | None = None,
+                     prediction: str | None = None) -> Baseline:
+        """Build from in-memory columns (name -> values), e.g. a dict of lists or arrays;
+        ``label`` and ``prediction`` as in :meth:`build`."""
         from .build import build_from_columns
 
-        return build_from_columns(columns, config)
+        return build_from_columns(columns, config, label=label, prediction=prediction)
 
     # -- files -------------------------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
-        return {"schema": SCHEMA, "id": self.id, "created_at": self.created_at,
-                "sources": list(self.sources), "count": self.count,
-                "left_out": dict(self.left_out),
-                "features": {name: f.to_json() for name, f in self.features.items()}}
+        out = {"schema": SCHEMA, "id": self.id, "created_at": self.created_at,
+               "sources": list(self.sources), "count": self.count,
+               "left_out": dict(self.left_out),
+               "features": {name: f.to_json() for name, f in self.features.items()}}
+        if self.performance is not None:  # an addition to v1: older readers ignore it
+            out["performance"] = self.performance.to_json()
+        return out
 
     def save(self, path: str | os.PathLike[str]) -> None:
         Path(path).write_bytes(orjson.dumps(self.to_json(), option=orjson.OPT_INDENT_2))
@@ -246,9 +260,18 @@ class Baseline:
                 features[name] = loader.from_json(name, spec)
         except (KeyError, TypeError, ValueError) as exc:
             raise BaselineError(f"{path}: damaged baseline file ({exc!r}); rebuild it") from None
+        performance = None
+        if raw.get("performance") is not None:
+            from ..performance.reference import ReferencePerformance
+
+            try:
+                performance = ReferencePerformance.from_json(raw["performance"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise BaselineError(f"{path}: damaged performance section ({exc!r}); rebuild "
+                                    "the baseline with --label") from None
         return cls(features=features, count=raw["count"], id=raw["id"],
                    created_at=raw.get("created_at", ""), sources=tuple(raw.get("sources", ())),
-                   left_out=dict(raw.get("left_out") or {}))
+                   left_out=dict(raw.get("left_out") or {}), performance=performance)
 
     def describe(self) -> str:
         """A readable per-feature summary (``streamskew baseline show``)."""
@@ -265,6 +288,8 @@ class Baseline:
                 top = ", ".join(f"{v}={c / max(f.count, 1):.1%}" for v, c in
                                 zip(f.vocabulary[:4], f.vocabulary_counts[:4], strict=False))
                 lines.append(f"{head} distinct={f.distinct:<6} top: {top}")
+        if self.performance is not None:
+            lines += ["", self.performance.describe()]
         return "\n".join(lines)
 
 
