@@ -12,7 +12,7 @@ import base64
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Any
 
 import orjson
 
@@ -21,12 +21,15 @@ from .config import Config
 from .detector import Detector, SkewEvent, WindowResult
 from .inputs import FileProblem, Input, resolve_inputs, sniff_format
 from .readers import file_format
-from .records import BadRecord
+from .records import NO_TIME, BadRecord
 
 __all__ = ["DetectRun", "InputCounts", "LineBatch", "dead_letter_json", "detect_file",
            "iter_line_batches"]
 
 BATCH_LINES = 20_000
+#: With labels, requests and labels are read in smaller batches, interleaved by event time
+#: as a live run would receive them, so the pending requests stay few.
+INTERLEAVED_BATCH_LINES = 2_000
 
 
 @dataclass
@@ -131,13 +134,28 @@ def detect_file(config: Config, baseline: Baseline,
                 dead_letters: IO[bytes] | None = None,
                 on_window: Callable[[WindowResult], None] | None = None,
                 progress: bool = False,
-                on_bad_record: Callable[[BadRecord], None] | None = None) -> DetectRun:
-    """Run the engine over one or several JSONL inputs (files, ``-`` for stdin), in order."""
+                on_bad_record: Callable[[BadRecord], None] | None = None,
+                labels: Sequence[str | os.PathLike[str]] = (),
+                on_performance_window: Callable[[Any], None] | None = None) -> DetectRun:
+    """Run the engine over one or several JSONL inputs (files, ``-`` for stdin), in order.
+
+    ``labels`` are JSONL files of label records (``[labels]`` in the config), read beside
+    the requests and fed to the engine interleaved by event time (label time against
+    request time), as a live run receives them; bad label records go to ``dead_letters``
+    too, with their input and line."""
     from tqdm import tqdm
 
     names = [path] if isinstance(path, str | os.PathLike) else list(path)
     sources = resolve_inputs(str(name) for name in names)
+    label_sources = resolve_inputs(str(name) for name in labels) if labels else []
+    if label_sources and config.labels is None:
+        from dataclasses import replace
+
+        from .config import LabelsConfig
+
+        config = replace(config, labels=LabelsConfig())  # the defaults: README
     current = LineBatch("", [], [])
+    current_labels = LineBatch("", [], [])
 
     def on_bad(record: BadRecord) -> None:
         if on_bad_record is not None:
@@ -146,7 +164,14 @@ def detect_file(config: Config, baseline: Baseline,
             dead_letters.write(dead_letter_json(record, record.position, current.source)
                                + b"\n")
 
-    detector = Detector(config, baseline, on_bad_record=on_bad, on_window=on_window)
+    def on_bad_label(record: BadRecord) -> None:
+        if dead_letters is not None:
+            dead_letters.write(dead_letter_json(record, record.position,
+                                                current_labels.source) + b"\n")
+
+    detector = Detector(config, baseline, on_bad_record=on_bad, on_window=on_window,
+                        on_performance_window=on_performance_window,
+                        on_bad_label=on_bad_label)
     run = DetectRun(detector, [], 0)
 
     def emit(new: list[SkewEvent]) -> None:
@@ -157,6 +182,9 @@ def detect_file(config: Config, baseline: Baseline,
 
     sizes = [source.size() for source in sources]
     total = None if None in sizes else sum(sizes)  # type: ignore[arg-type]
+    batch_lines = INTERLEAVED_BATCH_LINES if label_sources else BATCH_LINES
+    label_stream = _label_batches(label_sources, config)
+
     with tqdm(total=total, unit="B", unit_scale=True, desc="detect", disable=not progress,
               leave=False) as bar:
         for source in sources:
@@ -168,7 +196,10 @@ def detect_file(config: Config, baseline: Baseline,
             def advance(position: int, offset: int = done) -> None:
                 bar.update(max(offset + position - bar.n, 0))
 
-            for batch in iter_batches(source, on_bytes=advance):
+            for batch in iter_batches(source, batch_lines, on_bytes=advance):
+                for label_batch in label_stream.before(_first_time(batch, config, False)):
+                    current_labels = label_batch
+                    emit(detector.process_labels(label_batch.lines, ids=label_batch.numbers))
                 current = batch  # read by on_bad
                 emit(_process(detector, batch))
                 run.lines += len(batch.lines)
@@ -177,8 +208,61 @@ def detect_file(config: Config, baseline: Baseline,
                 after.records - start[0], after.accepted - start[1],
                 after.bad_total - start[2], after.late - start[3])
             run.inputs.append(counts)
+        for label_batch in label_stream.before(None):
+            current_labels = label_batch
+            emit(detector.process_labels(label_batch.lines, ids=label_batch.numbers))
         emit(detector.flush())
     return run
+
+
+class _LabelStream:
+    """Label batches, handed out in step with the requests by their first event time."""
+
+    def __init__(self, sources: list[Input], config: Config) -> None:
+        self.config = config
+        self.batches = (batch for source in sources
+                        for batch in iter_batches(source, INTERLEAVED_BATCH_LINES))
+        self.next: LineBatch | None = None
+        self.next_time: int | None = None
+
+    def before(self, time: int | None) -> Iterator[LineBatch]:
+        """Batches whose first label time is at or before ``time`` (all when None or when
+        the requests carry no time)."""
+        while True:
+            if self.next is None:
+                self.next = next(self.batches, None)
+                if self.next is None:
+                    return
+                self.next_time = _first_time(self.next, self.config, True)
+            if time is not None and self.next_time is not None and self.next_time > time:
+                return
+            batch, self.next = self.next, None
+            yield batch
+
+
+def _label_batches(sources: list[Input], config: Config) -> _LabelStream:
+    return _LabelStream(sources, config)
+
+
+def _first_time(batch: LineBatch, config: Config, labels: bool) -> int | None:
+    """The event time of a batch's first line that has one (None: none in the first lines)."""
+    from .records import _get, _path, _to_millis
+
+    if labels:
+        path = _path(config.labels.label_time if config.labels else "timestamp")
+    else:
+        path = _path(config.message.timestamp)
+    if not path:
+        return None
+    for line in batch.lines[:16]:
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        millis, problem = _to_millis(_get(obj, path) if isinstance(obj, dict) else None)
+        if problem is None and millis != NO_TIME:
+            return millis
+    return None
 
 
 def _process(detector: Detector, batch: LineBatch) -> list[SkewEvent]:

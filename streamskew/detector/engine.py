@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from .builder import DEFAULT_MODEL, BuilderStats
 from .evaluator import Evaluator, WindowResult
 from .events import SkewEvent
 from .sources import SourceCoordinator
+
+if TYPE_CHECKING:
+    from ..performance import JoinCounts, PerformanceMonitor, PerformanceWindow
 
 __all__ = ["DEFAULT_MODEL", "DEFAULT_SOURCE", "Detector", "DetectorStats", "WindowResult"]
 
@@ -34,6 +37,7 @@ class DetectorStats(BuilderStats):
 
     windows: int = 0
     events: int = 0
+    labels: JoinCounts | None = None  # the label join's counters (with [labels])
 
     def summary(self) -> str:
         """One line for people: what came in, what was rejected and why, what fired."""
@@ -43,7 +47,8 @@ class DetectorStats(BuilderStats):
         return (f"records={self.records} accepted={self.accepted} "
                 f"rejected={self.bad_total}{listing(self.bad)} "
                 f"field_errors={sum(self.field_errors.values())}{listing(self.field_errors)} "
-                f"late={self.late} windows={self.windows} events={self.events}")
+                f"late={self.late} windows={self.windows} events={self.events}"
+                + (f"; {self.labels.summary()}" if self.labels is not None else ""))
 
     @classmethod
     def of(cls, builders: BuilderStats, evaluator: Evaluator) -> DetectorStats:
@@ -77,7 +82,9 @@ class Detector:
 
     def __init__(self, config: Config, baseline: Baseline | Mapping[str, Baseline],
                  on_bad_record: Callable[[BadRecord], None] | None = None,
-                 on_window: Callable[[WindowResult], None] | None = None) -> None:
+                 on_window: Callable[[WindowResult], None] | None = None,
+                 on_performance_window: Callable[[PerformanceWindow], None] | None = None,
+                 on_bad_label: Callable[[BadRecord], None] | None = None) -> None:
         self.config = config
         self.baselines: dict[str, Baseline] = (
             {DEFAULT_MODEL: baseline} if isinstance(baseline, Baseline) else dict(baseline))
@@ -89,6 +96,15 @@ class Detector:
                 on_bad_record(record)
         self.sources = SourceCoordinator(config, self.baselines, on_bad_record=report,
                                          on_window=on_window)
+        # Performance skew, with [labels] in the config: requests also feed the label join
+        # (ids, event times, predictions), labels come through process_labels.
+        self.performance: PerformanceMonitor | None = None
+        if config.labels is not None:
+            from ..performance import PerformanceMonitor
+
+            self.performance = PerformanceMonitor(config, self.baselines,
+                                                  on_window=on_performance_window,
+                                                  on_bad_label=on_bad_label)
 
     @property
     def evaluator(self) -> Evaluator:
@@ -96,7 +112,11 @@ class Detector:
 
     @property
     def stats(self) -> DetectorStats:
-        return DetectorStats.of(self.sources.builder_stats, self.sources.evaluator)
+        stats = DetectorStats.of(self.sources.builder_stats, self.sources.evaluator)
+        if self.performance is not None:
+            stats.labels = self.performance.counts
+            stats.events += self.performance.windows.events
+        return stats
 
     def process(self, messages: Sequence[bytes | str | Mapping[str, Any]],
                 timestamps: Sequence[int] | np.ndarray | None = None,
@@ -109,15 +129,42 @@ class Detector:
         are what ``on_bad_record`` reports as a rejected record's ``position``; without them
         records are numbered by their running count in their source.
         """
-        return self.sources.add(source, messages, timestamps, ids)
+        events = self.sources.add(source, messages, timestamps, ids)
+        if self.performance is not None:
+            events += self.performance.add_requests(messages, timestamps, source)
+        return events
+
+    def process_labels(self, labels: Sequence[bytes | str | Mapping[str, Any]],
+                       timestamps: Sequence[int] | np.ndarray | None = None,
+                       ids: Sequence[int] | np.ndarray | None = None,
+                       source: str = "labels") -> list[SkewEvent]:
+        """Feed a batch of label records (``[labels]`` paths: request id, label, label
+        time); returns new ``performance`` / ``estimated_performance`` events.
+
+        ``timestamps`` are the label times of records without one of their own (Kafka
+        record timestamps); ``ids`` are what ``on_bad_label`` reports as ``position``.
+        """
+        if self.performance is None:
+            from ..errors import StreamskewError
+
+            raise StreamskewError("labels need a [labels] section in the config and a "
+                                  "baseline built with `baseline build --label COL`")
+        return self.performance.add_labels(labels, timestamps, ids, source)
 
     def advance_watermark(self, watermark: int, source: str = DEFAULT_SOURCE
                           ) -> list[SkewEvent]:
         """Let event time pass without records (an idle source)."""
-        return self.sources.advance(source, watermark)
+        events = self.sources.advance(source, watermark)
+        if self.performance is not None:
+            events += self.performance.advance_requests(source, watermark)
+        return events
 
     def flush(self) -> list[SkewEvent]:
-        """End of input: close every open pane (or judge the whole input as one window)."""
+        """End of input: close every open pane (or judge the whole input as one window);
+        with labels, every label that will come has come."""
         if not self.sources.builders:
             self.sources.builder(DEFAULT_SOURCE)
-        return self.sources.end_of_input()
+        events = self.sources.end_of_input()
+        if self.performance is not None:
+            events += self.performance.finish()
+        return events
