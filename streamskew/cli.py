@@ -199,14 +199,24 @@ def baseline() -> None:
 @click.argument("more_inputs", nargs=-1)
 @click.option("--output", required=True, type=click.Path(dir_okay=False),
               help="Where to write the baseline file (JSON).")
+@click.option("--label", "label", metavar="COL",
+              help="Column of the true label (a validation set): also store the model's "
+              "validation performance, for performance skew ([labels]).")
+@click.option("--prediction", "prediction", metavar="COL",
+              help="With --label: the column of the model's output (a score in [0, 1], the "
+              "class, or the predicted value); default: [message] prediction's name.")
 def baseline_build(config_path: str | None, inputs: tuple[str, ...],
-                   more_inputs: tuple[str, ...], output: str) -> None:
+                   more_inputs: tuple[str, ...], output: str, label: str | None,
+                   prediction: str | None) -> None:
     """Build a baseline: streamskew baseline build --input train.csv --output baseline.json"""
     config = _load_config(config_path)
     paths = [*inputs, *more_inputs]
     if not paths:
         raise click.UsageError("no input: pass --input FILE (or FILE arguments; - for stdin)")
-    built = Baseline.build(paths, config, progress=sys.stderr.isatty())
+    if prediction and not label:
+        raise click.UsageError("--prediction needs --label (the true label's column)")
+    built = Baseline.build(paths, config, progress=sys.stderr.isatty(), label=label,
+                           prediction=prediction)
     built.save(output)
     click.echo(built.describe(), err=True)
     if built.skipped is not None and built.skipped.total:
@@ -280,9 +290,13 @@ def _check_input_fits(baseline: Baseline, path: str, names: tuple[str, ...],
 @click.option("--dead-letter", type=click.Path(dir_okay=False),
               help="Write bad lines here, each with its reason, input and line number.")
 @click.option("--report", type=click.Path(dir_okay=False), help="Write an HTML report here.")
+@click.option("--labels", "labels", multiple=True, metavar="FILE",
+              help="JSONL of label records (request id, label, label time: [labels]), "
+              "joined to the requests for performance skew; needs a baseline built with "
+              "--label. Several allowed, in time order.")
 def detect(config_path: str | None, baseline_path: str | None, inputs: tuple[str, ...],
            more_inputs: tuple[str, ...], output: str | None, out_format: str,
-           dead_letter: str | None, report: str | None) -> None:
+           dead_letter: str | None, report: str | None, labels: tuple[str, ...]) -> None:
     """Compare files of logged requests with the baseline; print skew events."""
     from .files import detect_file
     from .inputs import resolve_inputs
@@ -294,6 +308,12 @@ def detect(config_path: str | None, baseline_path: str | None, inputs: tuple[str
     config = _load_config(config_path)
     baseline = _load_baseline(baseline_path, config)
     sources = resolve_inputs(names)  # fails before anything is written
+    if labels:
+        resolve_inputs(labels)
+        if baseline.performance is None:
+            raise _Problem(f"--labels: the baseline {baseline_path or config.baseline} has no "
+                           "reference performance; rebuild it on the validation set with "
+                           "`streamskew baseline build --label COL [--prediction COL]`")
     if report:
         _require("jinja2")
     collector = ReportCollector(baseline) if report else None
@@ -308,7 +328,9 @@ def detect(config_path: str | None, baseline_path: str | None, inputs: tuple[str
         run = detect_file(config, baseline, [s.name for s in sources], on_event=write_event,
                           dead_letters=dead, on_window=watch.on_window,
                           on_bad_record=collector.on_bad_record if collector else None,
-                          progress=sys.stderr.isatty())
+                          progress=sys.stderr.isatty(), labels=labels,
+                          on_performance_window=collector.on_performance_window
+                          if collector else None)
     watch.finish()
     stats = run.detector.stats
     click.echo(stats.summary(), err=True)

@@ -61,9 +61,18 @@ from ..detector.clock import SourceClock
 from ..records import NO_TIME, BadRecord
 from .readers import LabelReader, RequestReader, id_keys
 from .reference import ReferencePerformance, label_category
-from .summary import CLASSIFICATION, PerformancePane
-from .table import DELETED, EMPTY, EXPIRED, LATE, MATCHED, PENDING, HashTable, find_slot, \
-    insert_slot
+from .summary import PerformancePane
+from .table import (
+    DELETED,
+    EMPTY,
+    EXPIRED,
+    LATE,
+    MATCHED,
+    PENDING,
+    HashTable,
+    find_slot,
+    insert_slot,
+)
 
 __all__ = ["JoinCounts", "LabelJoin", "SealedPerformance"]
 

@@ -35,8 +35,16 @@ import zlib
 import numba
 import numpy as np
 
-__all__ = ["DELETED", "EMPTY", "EXPIRED", "HashTable", "LATE", "MATCHED", "PENDING",
-           "SLOT_BYTES"]
+__all__ = [
+    "DELETED",
+    "EMPTY",
+    "EXPIRED",
+    "LATE",
+    "MATCHED",
+    "PENDING",
+    "SLOT_BYTES",
+    "HashTable",
+]
 
 EMPTY, PENDING, MATCHED, LATE, EXPIRED, DELETED = 0, 1, 2, 3, 4, 255
 SLOT_BYTES = 8 + 8 + 8 + 2 + 1

@@ -258,7 +258,34 @@ class _Page:
             "n_active": active,
             "max_event_rows": MAX_EVENT_ROWS,
             "max_incident_charts": MAX_INCIDENT_CHARTS,
+            "performance": self._performance(data.get("performance")),
         }
+
+    @staticmethod
+    def _performance(entries: Any) -> list[dict[str, Any]]:
+        """Per model: realized vs estimated vs reference performance (its own section)."""
+        from .performance import performance_chart
+
+        out = []
+        for entry in _maps(entries):
+            rows = []
+            for metric in _maps(entry.get("metrics")):
+                realized = [p for p in _seq(metric.get("realized")) if p and p[1] is not None]
+                estimated = [p for p in _seq(metric.get("estimated")) if p and p[1] is not None]
+                rows.append({
+                    "metric": _text(metric.get("metric")),
+                    "reference": fmt_num(metric.get("reference")),
+                    "last_realized": fmt_num(realized[-1][1]) if realized else "\u2014",
+                    "last_estimated": fmt_num(estimated[-1][1]) if estimated else "\u2014",
+                    "windows_over": sum(1 for p in realized + estimated if p[3]),
+                    "raised": sum(1 for e in _seq(metric.get("events"))
+                                  if len(e) > 1 and e[1] == "skew_detected"),
+                })
+            out.append({"model": _text(entry.get("model")), "task": _text(entry.get("task")),
+                        "windows": fmt_int(entry.get("windows")), "rows": rows,
+                        "labels": _text(entry.get("labels")),
+                        "chart": performance_chart(entry)})
+        return out
 
     # -- header -------------------------------------------------------------------------
 
@@ -562,6 +589,8 @@ def render_report(data: Mapping[str, Any]) -> str:
             f["last_svg"] = Markup(f["last_svg"])
             for i in f["incidents"]:
                 i["chart"] = Markup(i["chart"])
+    for p in ctx["performance"]:
+        p["chart"] = Markup(p["chart"])  # built and escaped by streamskew.report.performance
     return env.get_template(_TEMPLATE).render(**ctx)
 
 

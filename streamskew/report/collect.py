@@ -48,6 +48,9 @@ from ..detector import DetectorStats, SkewEvent, WindowResult
 from ..records import BadRecord
 from ..sketch.categorical import CategoricalSummary
 from ..sketch.numeric import NumericSummary
+from .performance import PerformanceTrack
+
+PERFORMANCE_CHECKS = ("performance", "estimated_performance")
 
 __all__ = ["MAX_BUCKETS", "MAX_RUN_SNAPSHOTS", "REPORT_QUANTILES", "ReportCollector",
            "integer_valued", "serving_quantiles"]
@@ -132,6 +135,7 @@ class ReportCollector:
         self.bad_without_time: Counter[tuple[str, bool]] = Counter()
         self._detail_feature: dict[str, str | None] = {}
         self._untimed = 0
+        self.performance: PerformanceTrack | None = None  # with labels ([labels])
 
     # -- input ------------------------------------------------------------------------------
 
@@ -157,6 +161,14 @@ class ReportCollector:
         track.last_window = {name: summary.copy()
                              for name, summary in result.window.summaries.items()}
         track.last_span = (result.start, result.end, result.records)
+
+    def on_performance_window(self, window: Any) -> None:
+        """Record one judged performance window (``Detector(on_performance_window=...)``)."""
+        if self.baseline.performance is None:
+            return
+        if self.performance is None:
+            self.performance = PerformanceTrack()
+        self.performance.on_window(window, self.baseline.performance)
 
     def on_bad_record(self, record: BadRecord) -> None:
         """Count one rejected record or field error (``Detector(on_bad_record=...)``)."""
@@ -248,9 +260,11 @@ class ReportCollector:
         timed = sum(sum(c.values()) for c in self._bad.values())
         total = sum(stats.bad.values()) + sum(stats.field_errors.values())
         self._untimed = max(total - timed, sum(self.bad_without_time.values()))
-        incidents = _incidents(events)
+        # Performance events have their own section; the feature timelines are the skew checks.
+        skew_events = [e for e in events if e.check not in PERFORMANCE_CHECKS]
+        incidents = _incidents(skew_events)
         models = []
-        names = sorted(set(self.models) | {e.model for e in events})
+        names = sorted(set(self.models) | {e.model for e in skew_events})
         counter = 0
         for model in names:
             track = self.models.get(model) or _ModelTrack(self.baseline)
@@ -297,6 +311,9 @@ class ReportCollector:
                         "events": len(events)},
             "events": [e.to_dict() for e in events],
             "models": models,
+            "performance": self.performance.data(
+                events, stats.labels.summary() if getattr(stats, "labels", None) else None)
+            if self.performance is not None else [],
         }
 
     def _feature(self, track: _ModelTrack, series: _Series) -> dict[str, Any]:
