@@ -90,6 +90,10 @@ class Stream:
     predictions: np.ndarray
     truth: np.ndarray  # the true label of each request
     label_of: dict[str, list[int]]  # request id -> indexes into labels
+    delays: np.ndarray  # seconds from each request to its (first) label
+    labelled: np.ndarray  # whether a label was sent for each request
+    duplicates: int  # second labels sent
+    orphans: int  # labels of requests that do not exist
 
 
 def stream(task: str = "classification", hours: float = 4.0, rate: float = 1.0,
@@ -114,19 +118,18 @@ def stream(task: str = "classification", hours: float = 4.0, rate: float = 1.0,
     predictions = predict(served, task)
     truth = (rows.high_wage if task == "classification" else rows.log_wage).to_numpy()
     requests = []
-    for i in range(n):
-        row = served.iloc[i]
+    for i, row in enumerate(served[list(FEATURES)].to_dict("records")):
         requests.append({
             "request_id": f"r-{i}", "timestamp": int(times[i]), "model": "wage",
-            "features": {"education": int(row.education), "experience": int(row.experience),
-                         "ethnicity": row.ethnicity, "smsa": row.smsa, "region": row.region,
-                         "parttime": row.parttime},
+            "features": {k: (int(v) if k in ("education", "experience") else v)
+                         for k, v in row.items()},
             "prediction": float(predictions[i])})
     delays = np.minimum(rng.exponential(mean_delay_s, n), 0.95 * max_delay_s)
     late = rng.random(n) < late_share
     delays[late] = rng.uniform(1.05, 1.9, late.sum()) * max_delay_s
     labelled = rng.random(n) >= unlabelled_share
     entries = []  # (arrival time, label record)
+    duplicates = 0
     for i in np.flatnonzero(labelled):
         at = int(times[i] + delays[i] * 1000)
         value = int(truth[i]) if task == "classification" else float(truth[i])
@@ -135,6 +138,7 @@ def stream(task: str = "classification", hours: float = 4.0, rate: float = 1.0,
         if rng.random() < duplicate_share:
             again = at + int(rng.uniform(1, 300) * 1000)
             entries.append((again, {**record, "timestamp": again}))
+            duplicates += 1
     for k in range(orphans):
         at = int(T0 + rng.integers(0, int(hours * 3_600_000)))
         entries.append((at, {"request_id": f"ghost-{k}", "label": 1, "timestamp": at}))
@@ -146,7 +150,27 @@ def stream(task: str = "classification", hours: float = 4.0, rate: float = 1.0,
     label_of: dict[str, list[int]] = {}
     for position, record in enumerate(labels):
         label_of.setdefault(record["request_id"], []).append(position)
-    return Stream(requests, labels, times, predictions, truth, label_of)
+    return Stream(requests, labels, times, predictions, truth, label_of, delays, labelled,
+                  duplicates, orphans)
+
+
+def interleaved(st: Stream, batch: int = 500) -> list[tuple[str, list[dict]]]:
+    """Request batches, each preceded by the labels whose label time is before it: how a
+    live service receives two topics."""
+    out: list[tuple[str, list[dict]]] = []
+    position = 0
+    for k in range(0, len(st.requests), batch):
+        chunk = st.requests[k:k + batch]
+        start = position
+        while position < len(st.labels) and st.labels[position]["timestamp"] <= \
+                chunk[0]["timestamp"]:
+            position += 1
+        if position > start:
+            out.append(("labels", st.labels[start:position]))
+        out.append(("requests", chunk))
+    if position < len(st.labels):
+        out.append(("labels", st.labels[position:]))
+    return out
 
 
 CONFIG = {

@@ -13,7 +13,7 @@ on thousands of simulated windows at once):
       |AUC_bins - AUC_exact| <= 0.5 * sum_b pos_b neg_b / (P N)
 
   which :func:`binned_auc` returns with the value: every window's AUC carries its own bound
-  (``roc_auc_bound`` in the evidence), about 1e-3 for the 512 logit-spaced bins of
+  (``roc_auc_bound`` in the evidence), about 3e-3 for the 512 logit-spaced bins of
   :meth:`~streamskew.performance.summary.ScoreLayout.default` on real scores (measured in
   tests/test_performance.py against scikit-learn);
 - log loss, MAE, RMSE and bias from exact sums.
