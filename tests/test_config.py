@@ -29,6 +29,19 @@ def test_example_config_loads_with_its_documented_values():
     assert config.baseline == str((ROOT / "configs" / "baseline.json").resolve())
 
 
+def test_example_labels_section_loads_when_uncommented(tmp_path):
+    text = (ROOT / "configs" / "example.toml").read_text()
+    start = text.index("# [labels]")
+    block = text[start:text.index("[kafka]", start)]
+    keys = [line[2:] for line in block.splitlines() if line.startswith("# ") and
+            not line.startswith("#  ") and ("=" in line or line.startswith("# [labels]"))]
+    config = Config.from_toml(write(tmp_path, "\n".join(keys) + "\n"))
+    labels = config.labels
+    assert labels is not None and labels.topic == "prediction-labels"
+    assert labels.max_delay_ms == 3_600_000 and labels.sample == 1.0
+    assert labels.size == "1h" and labels.pane == "10m" and labels.metrics == ()
+
+
 def test_demo_config_file_matches_what_the_demo_runs():
     config = Config.from_toml(ROOT / "configs" / "demo.toml")
     demo = Config.from_dict(DEMO_CONFIG)

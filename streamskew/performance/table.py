@@ -6,7 +6,7 @@ requests or labels costs a few compiled passes and every entry has a known size:
 ==========  =====  ===========================================================
 array       bytes  what
 ==========  =====  ===========================================================
-``keys``    8      64-bit hash of the request id (blake2b), also the sampling key
+``keys``    8      64-bit hash of the request id (FNV-1a + splitmix64), also the sampling key
 ``times``   8      the request's event time (the label's, in the label table)
 ``values``  8      the prediction (the label, in the label table), float64
 ``models``  2      the model's index (the flag "behind the label watermark", in
