@@ -40,6 +40,7 @@ from ..sketch.quantiles import QuantileLayout
 if TYPE_CHECKING:
     from ..config import Config
     from ..readers import SkippedLines
+    from .joint import JointBaseline
 
 __all__ = ["SCHEMA", "Baseline", "BaselineError", "CategoricalBaseline", "FeatureBaseline",
            "NumericBaseline"]
@@ -188,11 +189,22 @@ class Baseline:
     sources: tuple[str, ...] = ()
     skipped: SkippedLines | None = field(default=None, compare=False, repr=False)
     """Input lines that could not be used while building (None when loaded)."""
+    joint: JointBaseline | None = None
+    """The joint check's PCA model and error distribution (None: no joint check); see
+    :mod:`streamskew.baseline.joint`. Not a message field, so not in :attr:`schema`."""
 
     @property
     def schema(self) -> dict[str, str]:
-        """Feature name -> kind."""
+        """Feature name -> kind (the fields messages carry)."""
         return {name: feature.kind for name, feature in self.features.items()}
+
+    @cached_property
+    def monitored(self) -> Mapping[str, FeatureBaseline]:
+        """What panes summarize and checks judge: the features, then the joint check's
+        pseudo-feature ``(joint)`` when the baseline has a joint model."""
+        if self.joint is None:
+            return self.features
+        return {**self.features, self.joint.name: self.joint}
 
     # -- building ----------------------------------------------------------------------------
 
@@ -215,9 +227,12 @@ class Baseline:
     # -- files -------------------------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
-        return {"schema": SCHEMA, "id": self.id, "created_at": self.created_at,
-                "sources": list(self.sources), "count": self.count,
-                "features": {name: f.to_json() for name, f in self.features.items()}}
+        raw = {"schema": SCHEMA, "id": self.id, "created_at": self.created_at,
+               "sources": list(self.sources), "count": self.count,
+               "features": {name: f.to_json() for name, f in self.features.items()}}
+        if self.joint is not None:  # optional key: files without it still load
+            raw["joint"] = self.joint.to_json()
+        return raw
 
     def save(self, path: str | os.PathLike[str]) -> None:
         Path(path).write_bytes(orjson.dumps(self.to_json(), option=orjson.OPT_INDENT_2))
@@ -240,10 +255,16 @@ class Baseline:
             for name, spec in raw["features"].items():
                 loader = NumericBaseline if spec["kind"] == "numeric" else CategoricalBaseline
                 features[name] = loader.from_json(name, spec)
+            joint = None
+            if raw.get("joint"):
+                from .joint import JOINT_FEATURE, JointBaseline
+
+                joint = JointBaseline.from_json(JOINT_FEATURE, raw["joint"])
         except (KeyError, TypeError, ValueError) as exc:
             raise BaselineError(f"{path}: damaged baseline file ({exc!r}); rebuild it") from None
         return cls(features=features, count=raw["count"], id=raw["id"],
-                   created_at=raw.get("created_at", ""), sources=tuple(raw.get("sources", ())))
+                   created_at=raw.get("created_at", ""), sources=tuple(raw.get("sources", ())),
+                   joint=joint)
 
     def describe(self) -> str:
         """A readable per-feature summary (``streamskew baseline show``)."""
@@ -260,6 +281,8 @@ class Baseline:
                 top = ", ".join(f"{v}={c / max(f.count, 1):.1%}" for v, c in
                                 zip(f.vocabulary[:4], f.vocabulary_counts[:4], strict=False))
                 lines.append(f"{head} distinct={f.distinct:<6} top: {top}")
+        if self.joint is not None:
+            lines.append(self.joint.describe())
         return "\n".join(lines)
 
 

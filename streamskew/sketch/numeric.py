@@ -34,12 +34,17 @@ __all__ = ["NumericLayout", "NumericSummary"]
 GRID_CELLS_PER_EDGE = 4  # uniform-grid lookup: cells per bin edge
 _FRACTION_MASK = (1 << 52) - 1
 _TWO_POW_MINUS_52 = 2.0**-52
+_NO_SLOTS = np.empty(0, dtype=np.int32)  # ``update`` without a slots output
 
 
 @numba.njit(cache=True, nogil=True)
 def _update(values, bits, edges, first_bin, last_bin, bins, quantiles, moments, multiplier,
-            key_min, buckets, use_grid, grid_first, grid_last, grid_origin, grid_scale):
-    """Fold ``values`` into the pane; returns how many were NaN (missing or invalid)."""
+            key_min, buckets, use_grid, grid_first, grid_last, grid_origin, grid_scale,
+            slots, write_slots):
+    """Fold ``values`` into the pane; returns how many were NaN (missing or invalid).
+
+    With ``write_slots``, ``slots[i]`` receives the bin slot of value ``i`` (-1 for NaN):
+    the joint check reads each record's bins from there instead of searching them again."""
     nan = 0
     total = 0.0
     squares = 0.0
@@ -54,6 +59,8 @@ def _update(values, bits, edges, first_bin, last_bin, bins, quantiles, moments, 
         v = values[i]
         if v != v:
             nan += 1
+            if write_slots:
+                slots[i] = -1
             continue
         total += v
         squares += v * v
@@ -97,6 +104,8 @@ def _update(values, bits, edges, first_bin, last_bin, bins, quantiles, moments, 
         if lo == last + 1 and v <= top_edge:
             lo = last
         bins[lo] += 1
+        if write_slots:
+            slots[i] = lo
     moments[0] += total
     moments[1] += squares
     moments[2] = low
@@ -171,6 +180,10 @@ class NumericLayout:
     def bin_slots(self) -> int:
         return len(self.edges) + 1
 
+    def read(self, data: bytes) -> NumericSummary:
+        """A summary of this layout from :meth:`NumericSummary.to_bytes`."""
+        return NumericSummary.from_bytes(data, self)
+
     def empty(self) -> NumericSummary:
         """A summary with nothing in it."""
         return NumericSummary(
@@ -192,16 +205,25 @@ class NumericSummary:
     counts: np.ndarray  # [values, missing, invalid]
     moments: np.ndarray  # [sum, sum of squares, min, max]
 
-    def update(self, values: np.ndarray, invalid: int = 0) -> None:
-        """Add a float64 column (NaN = missing or invalid; ``invalid`` of them were invalid)."""
+    def update(self, values: np.ndarray, invalid: int = 0,
+               slots: np.ndarray | None = None) -> None:
+        """Add a float64 column (NaN = missing or invalid; ``invalid`` of them were invalid).
+
+        ``slots`` (int32, one per value), when given, receives each value's bin slot (-1 for
+        NaN), in the same pass."""
         values = np.ascontiguousarray(values, dtype=np.float64)
         q = self.layout.quantile_layout
         layout = self.layout
+        write = slots is not None
+        if slots is None:
+            slots = _NO_SLOTS
+        elif len(slots) != len(values):
+            raise ValueError("slots must have one entry per value")
         nan = _update(values, values.view(np.int64), layout.edges, layout.first_bin,
                       layout.last_bin, self.bins,
                       self.quantiles, self.moments, q.multiplier, q.key_min, q.buckets,
                       layout.use_grid, layout.grid_first, layout.grid_last,
-                      layout.grid_origin, layout.grid_scale)
+                      layout.grid_origin, layout.grid_scale, slots, write)
         self.counts[0] += len(values) - nan
         self.counts[1] += nan - invalid
         self.counts[2] += invalid
