@@ -208,9 +208,12 @@ class Judge:
             value = float(distance(metric, summed, feature.bin_counts, **options)) if n \
                 else math.nan
             enough = n >= d.min_count
-            floor = self.floors(name).floor(metric, n) if enough else math.inf
+            floors = self.floors(name)
+            floor = floors.floor(metric, n) if enough else math.inf
+            wanted = _with_noise(d.persistent_ratio * threshold, metric,
+                                 floors.null_mean(metric, n) if enough else 0.0)
             yield CheckResult(name, feature.kind, PERSISTENT_CHECK, metric, value,
-                              max(floor, d.persistent_ratio * threshold), enough, n, panes,
+                              max(floor, wanted), enough, n, panes,
                               {"noise_floor": _num(floor)})
 
     def _feature_checks(self, name: str, summary: NumericSummary | CategoricalSummary,
@@ -224,9 +227,7 @@ class Judge:
         floors = self.floors(name)
         floor = floors.floor(metric, n) if n >= min_count else math.inf
         if scale and n >= min_count:  # what an effect of `threshold` shows at this size
-            noise = floors.null_mean(metric, n)
-            threshold = math.sqrt(threshold**2 + noise) if NOISE_SHAPE[metric] == "square" \
-                else threshold + noise
+            threshold = _with_noise(threshold, metric, floors.null_mean(metric, n))
         joint = self.is_joint(name)
         yield CheckResult(name, kind, JOINT_CHECK if joint else "distribution", metric, value,
                           max(threshold, floor), n >= min_count, n, scale)
@@ -351,6 +352,15 @@ class Judge:
                 if summary.count else None
         evidence["top_unseen"] = [{"value": v, "count": c} for v, c in summary.top_unseen()]
         return evidence
+
+
+def _with_noise(threshold: float, metric: str, noise: float) -> float:
+    """The value a shift of size ``threshold`` shows on average in a window whose null
+    statistic has mean ``noise`` (chi-square-like: noise adds to the squared distance, or to
+    PSI / phi^2 themselves)."""
+    if NOISE_SHAPE[metric] == "square":
+        return math.sqrt(threshold * threshold + noise)
+    return threshold + noise
 
 
 def _decisive(scales: list[CheckResult]) -> CheckResult:

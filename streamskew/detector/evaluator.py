@@ -184,8 +184,6 @@ class Evaluator:
         aggregate = window.aggregate
         finer = window.covered()
         results = list(state.judge.judge(aggregate, finer))
-        if index is not None and self.config.detect.persistent:
-            results.extend(self._persistent(state, index))
         joint = [r for r in results if r.check == JOINT_CHECK]
         events: list[SkewEvent] = []
         for result in [r for r in results if r.check != JOINT_CHECK]:
@@ -197,6 +195,11 @@ class Evaluator:
                 events.extend(self._observe(state, result, start, end))
         if index is not None:
             self._note_active(state, index)
+            if self.config.detect.persistent:  # after the checks it must not repeat
+                persistent = self._persistent(state, index)
+                for result in persistent:
+                    events.extend(self._observe(state, result, start, end))
+                results.extend(persistent)
         if self.on_window is not None:
             self.on_window(WindowResult(state.model, start, end, aggregate.records,
                                         tuple(results), aggregate, state.baseline,
@@ -221,9 +224,9 @@ class Evaluator:
         assert baseline_joint is not None
         inputs = set(baseline_joint.inputs)
         explaining = {r.feature for r in results if r.feature in inputs and r.judged
-                      and r.check != PERSISTENT_CHECK and r.value > r.threshold}
-        for (feature, check, _), h in state.hysteresis.items():
-            if h.active and feature in inputs and check != PERSISTENT_CHECK:
+                      and r.value > r.threshold}
+        for (feature, _, _), h in state.hysteresis.items():
+            if h.active and feature in inputs:
                 explaining.add(feature)
                 if index is not None:
                     state.input_alarm[feature] = index

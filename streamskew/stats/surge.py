@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 __all__ = ["Surge", "surge"]
@@ -54,30 +55,85 @@ class Surge:
         return self.index >= 0
 
 
-def _tail(x: np.ndarray, c: np.ndarray, q: float) -> np.ndarray:
+@numba.njit(cache=True, nogil=True)
+def _tail(x: float, c: float, q: float) -> float:  # pragma: no cover (numba)
     """``T KL(x/T || q)`` with ``T = x + c``: minus the log of the Chernoff tail bound."""
     t = x + c
-    r = np.divide(x, t, out=np.full_like(t, q), where=t > 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        up = np.where(r > 0, r * np.log(r / q), 0.0)
-        down = np.where(r < 1, (1 - r) * np.log((1 - r) / (1 - q)), 0.0)
-    return t * (up + down)
+    if t <= 0:
+        return 0.0
+    r = x / t
+    total = 0.0
+    if r > 0:
+        total += r * math.log(r / q)
+    if r < 1:
+        total += (1 - r) * math.log((1 - r) / (1 - q))
+    return t * total
 
 
-def _solve(c: np.ndarray, q: float, target: float, low: np.ndarray, high: np.ndarray,
-           rising: bool) -> np.ndarray:
-    """The serving count at which the tail bound reaches ``target`` between ``low`` (the
-    null expectation) and ``high`` (bisection; the bound is monotone on that side)."""
-    for _ in range(60):
+@numba.njit(cache=True, nogil=True)
+def _count_needed(c: float, q: float, target: float, low: float, high: float,
+                  rising: bool) -> float:  # pragma: no cover (numba)
+    """The serving count at which the tail bound reaches ``target`` between ``low`` and
+    ``high`` (bisection; the bound is monotone on the side of the null expectation)."""
+    for _ in range(50):
         middle = 0.5 * (low + high)
-        reached = _tail(middle, c, q) >= target
-        if rising:
-            high = np.where(reached, middle, high)
-            low = np.where(reached, low, middle)
+        if (_tail(middle, c, q) >= target) == rising:
+            high = middle
         else:
-            low = np.where(reached, middle, low)
-            high = np.where(reached, high, middle)
+            low = middle
     return high if rising else low
+
+
+@numba.njit(cache=True, nogil=True)
+def _scan(x: np.ndarray, c: np.ndarray, n: float, target: float, factor: float,
+          min_change: float) -> tuple[int, int, float, float]:  # pragma: no cover (numba)
+    """(slot, rising, value, needed) of the category with the largest value / needed.
+
+    The effect-size part of ``needed`` is cheap and bounds the ratio from above, so the
+    categories are visited by that bound, best first, and the search for the significance
+    part stops once no bound can beat the best ratio found (exact, and a few bisections
+    per window instead of one per category)."""
+    big_n = c.sum()
+    q = n / (n + big_n)
+    k = x.shape[0]
+    bound = np.full(k, -1.0)
+    for i in range(k):
+        if c[i] <= 0:
+            continue
+        share, base = x[i] / n, c[i] / big_n
+        rise_effect = max(factor, (base + min_change) / base)
+        fall_effect = max(factor, base / (base - min_change)) if base > min_change else np.inf
+        bound[i] = max(share / base / rise_effect,
+                       base / max(share, 0.5 / n) / fall_effect)
+    best, best_i, best_rising, best_value, best_need = -1.0, -1, True, np.nan, np.inf
+    for i in np.argsort(-bound):
+        if bound[i] < 0 or bound[i] <= best:
+            break
+        share, base = x[i] / n, c[i] / big_n
+        expected = c[i] * q / (1 - q)  # where x / T = q
+        # Rise: the smallest significant count, as a factor of the baseline share.
+        rise_need = max(factor, (base + min_change) / base)
+        if n > expected and _tail(n, c[i], q) >= target:
+            rise_need = max(rise_need, _count_needed(c[i], q, target, expected, n, True)
+                            / n / base)
+        else:
+            rise_need = np.inf
+        rise_value = share / base
+        # Fall: the largest significant count; the share floored at half a record.
+        floor = 0.5 / n
+        fall_need = max(factor, base / (base - min_change)) if base > min_change else np.inf
+        if _tail(0.0, c[i], q) >= target:
+            counted = _count_needed(c[i], q, target, 0.0, expected, False)
+            fall_need = max(fall_need, base / max(counted / n, floor))
+        else:
+            fall_need = np.inf
+        fall_value = base / max(share, floor)
+        for rising, value, need in ((True, rise_value, rise_need),
+                                    (False, fall_value, fall_need)):
+            ratio = value / need if need < np.inf else 0.0
+            if ratio > best or best_i < 0:
+                best, best_i, best_rising, best_value, best_need = ratio, i, rising, value, need
+    return best_i, int(best_rising), best_value, best_need
 
 
 def surge(serving: np.ndarray, baseline: np.ndarray, alpha: float, factor: float,
@@ -88,45 +144,13 @@ def surge(serving: np.ndarray, baseline: np.ndarray, alpha: float, factor: float
     (default: the sum of ``serving``) is the number of values the shares are taken of, e.g.
     including never-seen values kept in a slot of their own. Categories the baseline never
     saw are skipped."""
-    x_all = np.asarray(serving, dtype=np.float64)
-    c_all = np.asarray(baseline, dtype=np.float64)
-    n = float(x_all.sum() if serving_total is None else serving_total)
-    big_n = float(c_all.sum())
-    tested = np.flatnonzero(c_all > 0)
-    if n <= 0 or big_n <= 0 or not len(tested):
+    x = np.ascontiguousarray(serving, dtype=np.float64)
+    c = np.ascontiguousarray(baseline, dtype=np.float64)
+    n = float(x.sum() if serving_total is None else serving_total)
+    tested = int(np.count_nonzero(c > 0))
+    if n <= 0 or not tested:
         return Surge(math.nan, math.inf, -1, "rise", math.nan, math.nan)
-    x, c = x_all[tested], c_all[tested]
-    q = n / (n + big_n)
-    target = math.log(2 * len(tested) / alpha)
-    share, base = x / n, c / big_n
-    expected = c * q / (1 - q)  # where x / T = q
-
-    # Rises: the smallest count that is significant, as a factor of the baseline share.
-    top = np.full_like(c, n)
-    reachable = _tail(top, c, q) >= target
-    rise_count = _solve(c, q, target, expected.copy(), top, rising=True)
-    rise_sig = np.where(reachable & (top > expected), rise_count / n / base, np.inf)
-    rise_need = np.maximum.reduce([np.full_like(base, factor), (base + min_change) / base,
-                                   rise_sig])
-    rise_value = share / base
-
-    # Falls: the largest count that is significant; the share floored at half a record.
-    floor_share = 0.5 / n
-    reachable = _tail(np.zeros_like(c), c, q) >= target
-    fall_count = _solve(c, q, target, np.zeros_like(c), expected.copy(), rising=False)
-    with np.errstate(divide="ignore"):
-        fall_sig = np.where(reachable, base / np.maximum(fall_count / n, floor_share), np.inf)
-        fall_effect = np.where(base > min_change, base / np.maximum(base - min_change, 1e-300),
-                               np.inf)
-    fall_need = np.maximum.reduce([np.full_like(base, factor), fall_effect, fall_sig])
-    fall_value = base / np.maximum(share, floor_share)
-
-    rise_ratio = rise_value / rise_need
-    fall_ratio = fall_value / fall_need
-    best_rise, best_fall = int(np.argmax(rise_ratio)), int(np.argmax(fall_ratio))
-    if rise_ratio[best_rise] >= fall_ratio[best_fall]:
-        i, direction, value, need = best_rise, "rise", rise_value, rise_need
-    else:
-        i, direction, value, need = best_fall, "fall", fall_value, fall_need
-    return Surge(float(value[i]), float(need[i]), int(tested[i]), direction, float(share[i]),
-                 float(base[i]))
+    target = math.log(2 * tested / alpha)
+    index, rising, value, need = _scan(x, c, n, target, factor, min_change)
+    return Surge(float(value), float(need), int(index), "rise" if rising else "fall",
+                 float(x[index] / n), float(c[index] / c.sum()))
