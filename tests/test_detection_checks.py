@@ -19,7 +19,7 @@ from streamskew.detector.checks import CheckResult, Judge, _decisive
 from streamskew.detector.evaluator import Evaluator
 from streamskew.detector.window import Pane
 from streamskew.records import NO_TIME, Columns
-from streamskew.sketch.joint import ENERGY_SCALE, JointSummary, joint_errors
+from streamskew.sketch.joint import ENERGY_SCALE, JointSummary, joint_errors, projection_table
 from streamskew.stats.distances import distance
 from streamskew.stats.noise import NoiseFloors
 from streamskew.stats.surge import surge
@@ -140,7 +140,7 @@ def test_joint_kernel_matches_numpy():
     slots = rng.integers(-1, width, size=(d, n)).astype(np.int32)
     slots[:, :10] = -1  # records without any input
     errors, energy = np.empty(n), np.zeros(m, dtype=np.int64)
-    joint_errors(slots, scores, np.ascontiguousarray(basis), errors, energy)
+    joint_errors(slots, projection_table(scores, basis), errors, energy)
     z = np.where(slots >= 0, np.take_along_axis(scores, np.maximum(slots, 0), axis=1), 0.0)
     projection = basis.T @ z
     expected = (projection**2).sum(axis=0)

@@ -45,7 +45,13 @@ from typing import Any
 import numpy as np
 from datasketches import kll_doubles_sketch
 
-from ..sketch.joint import ENERGY_SCALE, JointLayout, JointSummary, joint_errors
+from ..sketch.joint import (
+    ENERGY_SCALE,
+    JointLayout,
+    JointSummary,
+    joint_errors,
+    projection_table,
+)
 from ..sketch.quantiles import QuantileLayout
 from .model import NumericBaseline
 
@@ -78,10 +84,15 @@ class JointBaseline(NumericBaseline):
     def layout(self) -> JointLayout:  # type: ignore[override]
         return JointLayout(self.edges, self.quantile_layout, self.basis.shape[1])
 
+    @cached_property
+    def table(self) -> np.ndarray:
+        """Score times basis per input, bin slot and residual direction (the kernel's)."""
+        return projection_table(self.scores, self.basis)
+
     def fold(self, summary: JointSummary, slots: np.ndarray) -> None:
         """Add the records whose inputs' bin slots are ``slots[j, i]`` (-1: missing)."""
         errors = np.empty(slots.shape[1])
-        joint_errors(slots, self.scores, self.basis, errors, summary.energy)
+        joint_errors(slots, self.table, errors, summary.energy)
         summary.update(errors)
 
     def contributions(self, summary: JointSummary, top: int = 3) -> list[dict[str, Any]]:
@@ -278,7 +289,8 @@ class JointBuilder:
                 basis[:, c] = -basis[:, c]
         basis = np.ascontiguousarray(basis)
         errors = np.empty(slots.shape[1])
-        joint_errors(slots, scores, basis, errors, np.zeros(basis.shape[1], dtype=np.int64))
+        table = projection_table(scores, basis)
+        joint_errors(slots, table, errors, np.zeros(basis.shape[1], dtype=np.int64))
         errors = errors[~np.isnan(errors)]
         if not len(errors):
             return False
@@ -289,7 +301,7 @@ class JointBuilder:
             cut_edges = np.array([0.0, max(float(cut_edges[0]), 1e-12)])
             if cut_edges[1] <= 0:
                 cut_edges[1] = np.nextafter(0.0, 1.0)
-        self.model = {"inputs": tuple(inputs), "scores": scores, "basis": basis,
+        self.model = {"inputs": tuple(inputs), "scores": scores, "basis": basis, "table": table,
                       "components": kept, "explained": float(explained[kept - 1]),
                       "sample": len(rows), "edges": cut_edges}
         self._input_edges = {name: edges[name] for name in inputs}
@@ -324,7 +336,7 @@ class JointBuilder:
                 numbers = np.fromiter(map(self.parse, values), dtype=np.float64, count=n)
                 slots[j] = slots_of(edges[name], numbers)
         errors = np.empty(n)
-        joint_errors(slots, model["scores"], model["basis"], errors, self._energy)
+        joint_errors(slots, model["table"], errors, self._energy)
         finite = errors[~np.isnan(errors)]
         self._missing += n - len(finite)
         if not len(finite):

@@ -27,6 +27,7 @@ import orjson
 from ..baseline import Baseline, CategoricalBaseline
 from ..config import Config
 from ..records import NO_TIME, BadRecord, Columns, Decoder, Reason
+from ..sketch.joint import slots_buffer
 from .clock import NEVER, ClockStep, SourceClock
 from .window import Pane
 
@@ -424,8 +425,8 @@ def fold(pane: Pane, columns: Columns, baseline: Baseline) -> None:
     joint = baseline.joint
     # The joint check reads each record's bin of every input, which the inputs' own
     # kernels write into ``slots`` as they bin the values (-1: missing, the training mean).
-    slots = np.full((len(joint.inputs), columns.count), -1, dtype=np.int32) \
-        if joint is not None else None
+    # Every input row is written in full by its feature's kernel before the joint kernel.
+    slots = slots_buffer(len(joint.inputs), columns.count) if joint is not None else None
     joint_row = {name: j for j, name in enumerate(joint.inputs)} if joint is not None else {}
     for name, feature in baseline.features.items():
         summary = pane.summaries[name]

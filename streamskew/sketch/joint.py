@@ -21,7 +21,7 @@ two that agree, one that does not, one with both inputs missing:
 >>> scores = np.array([[0.0, -1.0, 1.0], [0.0, -1.0, 1.0]])  # score per bin slot
 >>> basis = np.array([[1.0], [-1.0]]) / np.sqrt(2)
 >>> errors, energy = np.empty(4), np.zeros(1, dtype=np.int64)
->>> joint_errors(slots, scores, basis, errors, energy)
+>>> joint_errors(slots, projection_table(scores, basis), errors, energy)
 >>> errors.round(6).tolist()[:3], bool(np.isnan(errors[3])), energy.tolist()
 ([0.0, 0.0, 2.0], True, [2048])
 """
@@ -29,6 +29,7 @@ two that agree, one that does not, one with both inputs missing:
 from __future__ import annotations
 
 import struct
+import threading
 from dataclasses import dataclass, field
 
 import numba
@@ -36,45 +37,80 @@ import numpy as np
 
 from .numeric import NumericLayout, NumericSummary
 
-__all__ = ["ENERGY_SCALE", "JointLayout", "JointSummary", "joint_errors"]
+__all__ = ["ENERGY_SCALE", "JointLayout", "JointSummary", "joint_errors", "projection_table",
+           "slots_buffer"]
 
 ENERGY_SCALE = 1024  # residual energy is counted in units of 1/1024 (exact integer sums)
 
 
+BLOCK = 512  # records per block: their partial projections stay in L1
+
+
 @numba.njit(cache=True, nogil=True)
-def _joint_errors(slots, scores, basis, errors, energy, scale):  # pragma: no cover (numba)
+def _joint_errors(slots, table, errors, energy, scale):  # pragma: no cover (numba)
+    # table[j, c, s] = score of slot s of input j times basis[j, c]; its last slot is zero,
+    # where a missing value (-1) points: the training mean adds nothing, and no branch.
     d = slots.shape[0]
     n = slots.shape[1]
-    m = basis.shape[1]
-    projection = np.zeros(m)
-    for i in range(n):
-        for c in range(m):
-            projection[c] = 0.0
-        present = False
-        for j in range(d):
-            s = slots[j, i]
-            if s < 0:  # missing or invalid: the training mean, 0, adds nothing
-                continue
-            present = True
-            z = scores[j, s]
+    m = table.shape[1]
+    zero = table.shape[2] - 1
+    projection = np.zeros((m, BLOCK))
+    present = np.zeros(BLOCK, dtype=np.int64)
+    index = np.zeros(BLOCK, dtype=np.int64)
+    for start in range(0, n, BLOCK):
+        size = min(BLOCK, n - start)
+        projection[:, :size] = 0.0
+        present[:size] = 0
+        for j in range(d):  # input by input, direction by direction: flat gather-add loops
+            row = slots[j]
+            for b in range(size):
+                s = row[start + b]
+                present[b] += s >= 0
+                index[b] = s if s >= 0 else zero
             for c in range(m):
-                projection[c] += z * basis[j, c]
-        if not present:
-            errors[i] = np.nan
-            continue
-        total = 0.0
-        for c in range(m):
-            part = projection[c] * projection[c]
-            total += part
-            energy[c] += np.int64(part * scale + 0.5)
-        errors[i] = total
+                column = table[j, c]
+                part = projection[c]
+                for b in range(size):
+                    part[b] += column[index[b]]
+        for b in range(size):
+            if present[b] == 0:
+                errors[start + b] = np.nan
+                continue
+            total = 0.0
+            for c in range(m):
+                part2 = projection[c, b] * projection[c, b]
+                total += part2
+                energy[c] += np.int64(part2 * scale + 0.5)  # per record: batching-proof
+            errors[start + b] = total
 
 
-def joint_errors(slots: np.ndarray, scores: np.ndarray, basis: np.ndarray,
-                 errors: np.ndarray, energy: np.ndarray) -> None:
+def projection_table(scores: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """``table[j, c, s] = scores[j, s] * basis[j, c]``, plus a zero slot for missing values:
+    a record's projection is then one gather and add per input and direction."""
+    table = basis[:, :, None] * scores[:, None, :]
+    zero = np.zeros((scores.shape[0], basis.shape[1], 1))
+    return np.ascontiguousarray(np.concatenate([table, zero], axis=2))
+
+
+def joint_errors(slots: np.ndarray, table: np.ndarray, errors: np.ndarray,
+                 energy: np.ndarray) -> None:
     """Reconstruction errors of records given as bin slots (``slots[j, i]``: input ``j`` of
-    record ``i``, -1 when missing) into ``errors``; residual energy added to ``energy``."""
-    _joint_errors(slots, scores, basis, errors, energy, float(ENERGY_SCALE))
+    record ``i``, -1 when missing) into ``errors``; residual energy added to ``energy``.
+    ``table`` is :func:`projection_table` of the model."""
+    _joint_errors(slots, table, errors, energy, float(ENERGY_SCALE))
+
+
+_scratch = threading.local()
+
+
+def slots_buffer(inputs: int, n: int) -> np.ndarray:
+    """A reusable ``(inputs, n)`` int32 array for the slots of one fold (per thread: fresh
+    4 MB arrays per pane would cost page faults; every row is overwritten before use)."""
+    buffer = getattr(_scratch, "slots", None)
+    if buffer is None or buffer.shape[0] != inputs or buffer.shape[1] < n:
+        buffer = np.empty((inputs, max(n, 1024)), dtype=np.int32)
+        _scratch.slots = buffer
+    return buffer[:, :n]
 
 
 @dataclass(frozen=True)
