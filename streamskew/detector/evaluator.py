@@ -19,6 +19,7 @@ been raised and resolved is not reported again as a persistent shift.
 from __future__ import annotations
 
 import math
+import zlib
 from base64 import b64decode, b64encode
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -335,9 +336,7 @@ class Evaluator:
                                 for i, p in s.pending.items()},
                     "hysteresis": [[*key, h.active, h.streak]
                                    for key, h in s.hysteresis.items()],
-                    "blocks": [[block, {name: b64encode(c.astype("<i8").tobytes()).decode()
-                                        for name, c in counts.items()}]
-                               for block, counts in s.blocks],
+                    "blocks": [_block_json(block, counts) for block, counts in s.blocks],
                     "first_block": s.first_block,
                     "quiet_through": s.quiet_through,
                     "input_alarm": s.input_alarm,
@@ -359,13 +358,26 @@ class Evaluator:
                 h = state.state((feature, check, metric))
                 h.active, h.streak = active, streak
             # Checkpoints from before the persistent check have none of these: start afresh.
-            for block, counts in saved.get("blocks", []):
-                state.blocks.append((block, {
-                    name: np.frombuffer(b64decode(c), "<i8").astype(np.int64)
-                    for name, c in counts.items()}))
+            for saved_block in saved.get("blocks", []):
+                state.blocks.append(_block_of(saved_block))
             state.first_block = saved.get("first_block")
             state.quiet_through = dict(saved.get("quiet_through", {}))
             state.input_alarm = dict(saved.get("input_alarm", {}))
             models[model] = state
         self.models = models
         self.closed_through = raw["closed_through"]
+
+
+def _block_json(block: int, counts: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """One persistent block for a checkpoint: its counts, zlib-compressed like panes."""
+    names = list(counts)
+    data = b"".join(counts[name].astype("<i8").tobytes() for name in names)
+    return {"block": block, "names": names, "sizes": [len(counts[n]) for n in names],
+            "data": b64encode(zlib.compress(data, 1)).decode()}
+
+
+def _block_of(raw: Mapping[str, Any]) -> tuple[int, dict[str, np.ndarray]]:
+    values = np.frombuffer(zlib.decompress(b64decode(raw["data"])), "<i8").astype(np.int64)
+    bounds = np.cumsum([0, *raw["sizes"]])
+    return raw["block"], {name: values[bounds[i]:bounds[i + 1]].copy()
+                          for i, name in enumerate(raw["names"])}
