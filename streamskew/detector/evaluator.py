@@ -12,8 +12,8 @@ Persistent shifts: every ``size / pane`` panes (pane index ``i`` with ``(i + 1) 
 0``) the window then is a *block*, disjoint from the previous one; the per-feature counts of
 the last ``persistent_windows`` blocks are summed and judged by the ``persistent`` check (a
 ``warning``). A feature's persistent check waits until its blocks no longer hold a window in
-which that feature's own distribution (or joint) check was active, so an incident that has
-been raised and resolved is not reported again as a persistent shift.
+which one of that feature's other checks was raised, so an incident that has been raised
+and resolved is not reported again as a persistent shift.
 """
 
 from __future__ import annotations
@@ -269,10 +269,11 @@ class Evaluator:
         return list(state.judge.judge_persistent(summed, horizon * size))
 
     def _note_active(self, state: _ModelState, index: int) -> None:
-        """Remember the block in which a feature's distribution or joint check is active."""
+        """Remember the block in which a feature has a check (other than persistent) raised:
+        its persistent check would only repeat that incident."""
         block = index // state.window.size
         for (feature, check, _), hysteresis in state.hysteresis.items():
-            if hysteresis.active and check in ("distribution", JOINT_CHECK):
+            if hysteresis.active and check != PERSISTENT_CHECK:
                 state.quiet_through[feature] = block
 
     # -- events ------------------------------------------------------------------------------
