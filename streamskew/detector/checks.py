@@ -225,9 +225,12 @@ class Judge:
         metric, threshold = self.metric_of(name)
         value = self.distribution_value(name, summary, metric) if n else math.nan
         floors = self.floors(name)
-        floor = floors.floor(metric, n) if n >= min_count else math.inf
-        if scale and n >= min_count:  # what an effect of `threshold` shows at this size
-            threshold = _with_noise(threshold, metric, floors.null_mean(metric, n))
+        if scale and not value > threshold:
+            floor = 0.0  # a finer scale counts only over its threshold, never below this one
+        else:
+            floor = floors.floor(metric, n) if n >= min_count else math.inf
+            if scale and n >= min_count:  # what an effect of `threshold` shows at this size
+                threshold = _with_noise(threshold, metric, floors.null_mean(metric, n))
         joint = self.is_joint(name)
         yield CheckResult(name, kind, JOINT_CHECK if joint else "distribution", metric, value,
                           max(threshold, floor), n >= min_count, n, scale)
@@ -289,6 +292,9 @@ class Judge:
         """A rate check: threshold = max(p0 + allowance, Chernoff noise floor)."""
         enough = n >= self.detect.min_count and judged
         value = hits / n if n else 0.0
+        if scale and value <= p0 + allowance:  # a finer scale under it cannot decide
+            return CheckResult(name, kind, check, metric, value, p0 + allowance, enough, n,
+                               scale)
         p0_smoothed = max(p0, 0.5 / (self.baseline.count + 1))
         floor = rate_floor(p0_smoothed, n, alpha, self.baseline.count) \
             if enough else math.inf
@@ -307,7 +313,8 @@ class Judge:
         feature = self.baseline.monitored[name]
         counts = summary.bins if isinstance(summary, NumericSummary) else summary.counts
         options: dict[str, Any] = {}
-        if isinstance(feature, NumericBaseline) and isinstance(summary, NumericSummary):
+        if metric == "wasserstein" and isinstance(feature, NumericBaseline) \
+                and isinstance(summary, NumericSummary):  # the only one that needs points
             options = {"points": _points(feature, summary), "scale": feature.std or 1.0}
         return float(distance(metric, counts, feature.bin_counts, **options))
 

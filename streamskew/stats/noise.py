@@ -271,7 +271,12 @@ def rate_floor(p0: float, n: int, alpha: float, baseline_total: float) -> float:
     if p0 >= 1.0:
         return 1.0
     size = effective_size(n, baseline_total)
-    target = math.log(1 / alpha) / size
+    return float(_rate_bisect(p0, math.log(1 / alpha) / size))
+
+
+@numba.njit(cache=True, nogil=True)
+def _rate_bisect(p0: float, target: float) -> float:  # pragma: no cover (numba)
+    # Compiled: every scale of every rate check asks for its own window size.
     low, high = p0, 1.0
     if _bernoulli_kl(high, p0) < target:
         return 1.0
