@@ -61,6 +61,11 @@ JOINT_FEATURE = "(joint)"
 SAMPLE_ROWS = 10_000  # rows the PCA is fitted on (a 12x12 correlation to about +-0.01)
 MAX_INPUTS = 64  # numeric features in the model; d * m work per record stays bounded
 SAMPLE_VALUES = 2_000_000  # kept raw values bound the sample's memory for wide tables
+# The error's quantiles are evidence only (the check reads the exact bins): 5% relative
+# error over ~11 decades below the top is plenty, and keeps its pane summary a quarter of a
+# feature's (errors near 0 would otherwise fill hundreds of 1% buckets).
+ERROR_ACCURACY = 0.05
+ERROR_BUCKETS = 256
 _QUANTILES = {"p01": 0.01, "p05": 0.05, "p25": 0.25, "p50": 0.5, "p75": 0.75, "p95": 0.95,
               "p99": 0.99}
 
@@ -371,7 +376,8 @@ class JointBuilder:
             quantiles={k: float(v) for k, v in zip(_QUANTILES, quantiles, strict=True)},
             mean=mean, std=std, minimum=self._low, maximum=self._high,
             kll=self._kll.serialize(),
-            quantile_layout=QuantileLayout.around(float(np.max(np.abs(cut_edges)))),
+            quantile_layout=QuantileLayout.around(float(np.max(np.abs(cut_edges))),
+                                                  ERROR_ACCURACY, ERROR_BUCKETS),
             inputs=model["inputs"], scores=model["scores"], basis=model["basis"],
             components=model["components"], explained=model["explained"],
             energy=self._energy / ENERGY_SCALE / count, sample=model["sample"])

@@ -288,24 +288,29 @@ class NumericSummary:
     _HEADER = struct.Struct("<4sHqq")  # magic, version, occupied quantile slots, bins
 
     def to_bytes(self) -> bytes:
-        """Compact little-endian bytes: the quantile sketch as (slot, count) pairs, since a
-        window occupies a few hundred of its thousands of slots."""
+        """Compact little-endian bytes (version 3): the quantile sketch as its occupied slots
+        (a window occupies a few hundred of thousands), each as the gap from the previous one
+        (uint16: mostly 1), and the integer counts as byte planes (all low bytes, then all
+        next bytes, ...), so the zlib of a pane squeezes out the high zero bytes: panes and
+        checkpoints come out about half the size of version 2's."""
         occupied = np.flatnonzero(self.quantiles)
-        header = self._HEADER.pack(b"SSNS", 2, len(occupied), len(self.bins))
+        header = self._HEADER.pack(b"SSNS", 3, len(occupied), len(self.bins))
+        gaps = np.diff(occupied, prepend=0).astype("<u2")
         return b"".join([
             header,
             self.counts.astype("<i8").tobytes(),
             self.moments.astype("<f8").tobytes(),
-            self.bins.astype("<i8").tobytes(),
-            occupied.astype("<i4").tobytes(),
-            self.quantiles[occupied].astype("<i8").tobytes(),
+            _planes(self.bins),
+            gaps.tobytes(),
+            _planes(self.quantiles[occupied]),
         ])
 
     @classmethod
     def from_bytes(cls, data: bytes, layout: NumericLayout) -> NumericSummary:
-        """Inverse of :meth:`to_bytes` for a summary of the same layout."""
+        """Inverse of :meth:`to_bytes` for a summary of the same layout (version 3, and
+        version 2 from checkpoints written before it)."""
         magic, version, occupied, n_bins = cls._HEADER.unpack_from(data)
-        if magic != b"SSNS" or version != 2:
+        if magic != b"SSNS" or version not in (2, 3):
             raise ValueError("not a streamskew numeric summary (or another version)")
         if n_bins != layout.bin_slots:
             raise ValueError("summary bytes do not match this feature's baseline layout")
@@ -314,12 +319,31 @@ class NumericSummary:
         offset += 24
         moments = np.frombuffer(data, "<f8", 4, offset).astype(np.float64)
         offset += 32
-        bins = np.frombuffer(data, "<i8", n_bins, offset).astype(np.int64)
-        offset += 8 * n_bins
-        slots = np.frombuffer(data, "<i4", occupied, offset).astype(np.int64)
-        offset += 4 * occupied
+        if version == 2:
+            bins = np.frombuffer(data, "<i8", n_bins, offset).astype(np.int64)
+            offset += 8 * n_bins
+            slots = np.frombuffer(data, "<i4", occupied, offset).astype(np.int64)
+            offset += 4 * occupied
+            values = np.frombuffer(data, "<i8", occupied, offset).astype(np.int64)
+        else:
+            bins = _unplanes(data, n_bins, offset)
+            offset += 8 * n_bins
+            slots = np.cumsum(np.frombuffer(data, "<u2", occupied, offset).astype(np.int64))
+            offset += 2 * occupied
+            values = _unplanes(data, occupied, offset)
         quantiles = np.zeros(layout.quantile_layout.slots, dtype=np.int64)
         if occupied and (slots.min() < 0 or slots.max() >= len(quantiles)):
             raise ValueError("summary bytes do not match this feature's baseline layout")
-        quantiles[slots] = np.frombuffer(data, "<i8", occupied, offset)
+        quantiles[slots] = values
         return cls(layout, bins, quantiles, counts, moments)
+
+
+def _planes(values: np.ndarray) -> bytes:
+    """int64 values as 8 byte planes (byte 0 of every value, then byte 1, ...)."""
+    raw = np.ascontiguousarray(values, dtype="<i8").view(np.uint8).reshape(-1, 8)
+    return np.ascontiguousarray(raw.T).tobytes()
+
+
+def _unplanes(data: bytes, n: int, offset: int) -> np.ndarray:
+    planes = np.frombuffer(data, np.uint8, 8 * n, offset).reshape(8, n)
+    return np.ascontiguousarray(planes.T).view("<i8").reshape(n).astype(np.int64)
