@@ -3,16 +3,20 @@
 #
 #   docker build -t streamskew .
 #   docker run --rm streamskew --help
-#   docker run --rm -v "$PWD:/work" streamskew run --config /work/streamskew.toml --metrics-port 9464
+#   docker run --rm -p 127.0.0.1:9464:9464 -v "$PWD:/work" streamskew \
+#       run --config /work/streamskew.toml --metrics-port 9464
 FROM python:3.11-slim
 
 # site-packages is read-only for the runtime user: numba caches its compiled kernels in
-# NUMBA_CACHE_DIR instead of next to the sources.
+# NUMBA_CACHE_DIR instead of next to the sources. `run --metrics-port` listens on every
+# interface of the container (the CLI's own default is loopback, which a published port
+# cannot reach); STREAMSKEW_METRICS_HOST is the default of --metrics-host.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore \
-    NUMBA_CACHE_DIR=/tmp/numba-cache
+    NUMBA_CACHE_DIR=/tmp/numba-cache \
+    STREAMSKEW_METRICS_HOST=0.0.0.0
 
 # An unprivileged user with a fixed uid, owning only /data: a named volume mounted there
 # starts as a copy of this directory, ownership included. (NUMBA_CACHE_DIR is created on first

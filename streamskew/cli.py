@@ -1,52 +1,185 @@
-"""The ``streamskew`` command."""
+"""The ``streamskew`` command.
+
+Exit codes (README, "Exit codes"): 0 judged the input; 1 an error (one ``Error: ...`` line
+that says what to do; ``--debug`` adds the traceback); 2 a wrong command line; 3 judged
+nothing, or most records were not used (late, out of range, rejected); 4 the baseline does
+not look like it belongs to the input.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import sys
+import traceback
 from contextlib import ExitStack
 from pathlib import Path
 from typing import IO, Any
 
 import click
+from click.core import ParameterSource
 
-from .baseline import Baseline, BaselineError
-from .config import Config, ConfigError
+from . import logs
+from .baseline import Baseline
+from .config import Config, check_feature_overrides
 from .detector import DetectorStats, SkewEvent
-from .readers import FileProblem
+from .errors import StreamskewError
+from .verdict import (
+    EXIT_BLIND,
+    EXIT_ERROR,
+    EXIT_MISMATCH,
+    EXIT_PIPE_CLOSED,
+    RunCounts,
+    WindowWatch,
+    blind_run,
+    coverage_problem,
+)
 
 __all__ = ["main"]
 
+#: Optional parts: the module that is missing -> (the extra, what needs it).
+EXTRAS = {"prometheus_client": ("metrics", "--metrics-port"), "jinja2": ("report", "--report"),
+          "pyarrow": ("parquet", "reading Parquet")}
+
 
 class _Problem(click.ClickException):
-    """A user-facing error: printed as 'error: ...', exit code 1."""
+    """A user-facing error: printed as ``Error: <one line>``, exit code 1 unless told."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_ERROR) -> None:
+        super().__init__(" ".join(str(message).split("\n")))
+        self.exit_code = exit_code
 
     def format_message(self) -> str:
         return self.message
 
 
-def _load_config(path: str | None) -> Config:
-    if path is None:
-        return Config()
+def _silence_stdout() -> None:
+    """Python would complain at exit that it cannot flush stdout: point it at /dev/null."""
     try:
-        return Config.from_toml(path)
-    except ConfigError as exc:
-        raise _Problem(str(exc)) from None
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no real stdout (tests)
+        pass
+
+
+def _extra_needed(extra: str, what: str) -> str:
+    return f"{what} needs the {extra} extra: pip install 'streamskew[{extra}]'"
+
+
+def _require(module: str) -> None:
+    """Fail at once, not after a long run, when an optional part is not installed."""
+    if importlib.util.find_spec(module) is None:
+        extra, what = EXTRAS[module]
+        raise _Problem(_extra_needed(extra, what))
+
+
+class _Main(click.Group):
+    """The root command: one line for every failure, tracebacks only with --debug."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        _apply_logging(ctx)
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except BrokenPipeError:  # the reader of our output left (`| head`): end quietly
+            _silence_stdout()
+            raise click.exceptions.Exit(EXIT_PIPE_CLOSED) from None
+        except StreamskewError as exc:
+            raise self._fail(ctx, str(exc)) from None
+        except ImportError as exc:
+            extra = EXTRAS.get((exc.name or "").split(".")[0])
+            if extra is None:
+                raise self._fail(ctx, f"unexpected ImportError: {exc}; run with --debug for "
+                                      "the traceback") from None
+            raise self._fail(ctx, _extra_needed(*extra)) from None
+        except Exception as exc:  # kafka-python's errors derive from Exception
+            kind = type(exc).__name__
+            text = str(exc).removeprefix(f"{kind}: ")  # kafka-python repeats its class name
+            raise self._fail(ctx, f"unexpected {kind}: {text}; run with --debug for the "
+                                  "traceback") from None
+
+    @staticmethod
+    def _fail(ctx: click.Context, message: str) -> _Problem:
+        if ctx.meta.get("streamskew.debug"):
+            traceback.print_exc(file=sys.stderr)
+        return _Problem(message)
+
+
+# -- options every command has -----------------------------------------------------------------
+
+_LOG_KEYS = ("verbose", "quiet", "log_level", "log_format", "debug")
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Option callbacks: the root context keeps what was given (group or command level)."""
+    root = ctx.find_root()
+    options = root.meta.setdefault("streamskew.logging", {})
+    given = ctx.get_parameter_source(param.name or "") not in (ParameterSource.DEFAULT, None)
+    if given or param.name not in options:
+        options[param.name] = value
+    if param.name == "debug" and value:
+        root.meta["streamskew.debug"] = True
+    _apply_logging(root)
+    return value
+
+
+def _apply_logging(ctx: click.Context) -> None:
+    options = ctx.find_root().meta.get("streamskew.logging", {})
+    logs.configure(logs.level_from(options.get("verbose", 0), options.get("quiet", 0),
+                                   options.get("log_level")),
+                   options.get("log_format") or "text", debug=bool(options.get("debug")))
+
+
+def _common_params() -> list[click.Option]:
+    kwargs: dict[str, Any] = {"expose_value": False, "callback": _remember}
+    return [
+        click.Option(["-v", "--verbose"], count=True, help="More log lines (-v: debug).",
+                     **kwargs),
+        click.Option(["-q", "--quiet"], count=True,
+                     help="Fewer log lines (-q: warnings and errors, -qq: errors).", **kwargs),
+        click.Option(["--log-level"], type=click.Choice(logs.LEVELS, case_sensitive=False),
+                     help="Log level (default: info); overrides -v/-q.", **kwargs),
+        click.Option(["--log-format"], type=click.Choice(logs.FORMATS),
+                     help="text (default) or json: one JSON object per line.", **kwargs),
+        click.Option(["--debug"], is_flag=True,
+                     help="Tracebacks on errors, and other libraries' log lines.", **kwargs),
+    ]
+
+
+def _add_common_params(command: click.Command) -> None:
+    names = {p.name for p in command.params}
+    command.params.extend(p for p in _common_params() if p.name not in names)
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _add_common_params(sub)
+
+
+def _load_config(path: str | None) -> Config:
+    return Config() if path is None else Config.from_toml(path)
 
 
 def _load_baseline(path: str | None, config: Config) -> Baseline:
     path = path or config.baseline
     if not path:
         raise click.UsageError("no baseline: pass --baseline or set `baseline` in the config")
-    try:
-        return Baseline.load(path)
-    except BaselineError as exc:
-        raise _Problem(str(exc)) from None
+    baseline = Baseline.load(path)
+    check_feature_overrides(config, baseline.features, _baseline_label(path, baseline))
+    return baseline
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _baseline_label(path: str | None, baseline: Baseline) -> str:
+    return f"the baseline {path or baseline.id}"
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="streamskew")
 def main() -> None:
-    """Catch training-serving skew: compare serving data with a baseline of training data."""
+    """Catch training-serving skew: compare serving data with a baseline of training data.
+
+    Exit codes: 0 judged the input, 1 error, 2 wrong command line, 3 judged nothing (or most
+    records were not used), 4 the baseline does not fit the input.
+    """
 
 
 # -- baseline ----------------------------------------------------------------------------------
@@ -60,9 +193,10 @@ def baseline() -> None:
 @baseline.command("build")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="TOML config (message paths, feature kinds, [build] settings).")
-@click.option("--input", "inputs", multiple=True, required=True,
-              help="Training data: CSV (header row), JSONL or Parquet; several allowed.")
-@click.argument("more_inputs", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--input", "inputs", multiple=True,
+              help="Training data: CSV (header row), JSONL or Parquet, gzip allowed, - for "
+              "stdin; several allowed (also as arguments).")
+@click.argument("more_inputs", nargs=-1)
 @click.option("--output", required=True, type=click.Path(dir_okay=False),
               help="Where to write the baseline file (JSON).")
 def baseline_build(config_path: str | None, inputs: tuple[str, ...],
@@ -70,13 +204,12 @@ def baseline_build(config_path: str | None, inputs: tuple[str, ...],
     """Build a baseline: streamskew baseline build --input train.csv --output baseline.json"""
     config = _load_config(config_path)
     paths = [*inputs, *more_inputs]
-    try:
-        built = Baseline.build(paths, config, progress=sys.stderr.isatty())
-    except (BaselineError, FileProblem) as exc:
-        raise _Problem(str(exc)) from None
+    if not paths:
+        raise click.UsageError("no input: pass --input FILE (or FILE arguments; - for stdin)")
+    built = Baseline.build(paths, config, progress=sys.stderr.isatty())
     built.save(output)
     click.echo(built.describe(), err=True)
-    if built.skipped.total:
+    if built.skipped is not None and built.skipped.total:
         click.echo(f"skipped {built.skipped.total} unreadable lines: {built.skipped.counts}; "
                    f"e.g. {'; '.join(built.skipped.examples)}", err=True)
     click.echo(f"wrote {output}", err=True)
@@ -84,9 +217,48 @@ def baseline_build(config_path: str | None, inputs: tuple[str, ...],
 
 @baseline.command("show")
 @click.argument("path", type=click.Path(dir_okay=False))
-def baseline_show(path: str) -> None:
+@click.option("--check-input", "check_inputs", multiple=True,
+              help="Also say whether this input (training data or JSONL messages; - for "
+              "stdin) fits the baseline: which of its features it carries (first rows).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="TOML config ([message] paths for --check-input).")
+def baseline_show(path: str, check_inputs: tuple[str, ...], config_path: str | None) -> None:
     """Print a readable per-feature summary of a baseline file."""
-    click.echo(_load_baseline(path, Config()).describe())
+    config = _load_config(config_path)
+    loaded = Baseline.load(path)
+    click.echo(loaded.describe())
+    if check_inputs:
+        _check_input_fits(loaded, path, check_inputs, config)
+
+
+CHECK_ROWS = 10_000
+
+
+def _check_input_fits(baseline: Baseline, path: str, names: tuple[str, ...],
+                      config: Config) -> None:
+    """Compare the columns of the inputs' first rows with the baseline's features."""
+    from .baseline.build import MISSING_TOKENS
+    from .inputs import resolve_inputs
+    from .readers import SkippedLines, read_chunks
+    from .verdict import Coverage
+
+    seen: dict[str, None] = {}
+    for source in resolve_inputs(names):
+        chunk = next(iter(read_chunks(source, config.message, CHECK_ROWS, SkippedLines())), {})
+        for column, values in chunk.items():
+            if any(v is not None and not (isinstance(v, str) and v in MISSING_TOKENS)
+                   for v in values):
+                seen.setdefault(column, None)
+    features = tuple(baseline.features)
+    coverage = Coverage(features, tuple(f for f in features if f in seen),
+                        tuple(c for c in seen if c not in baseline.features))
+    click.echo(f"\ninput {', '.join(names)}: {len(coverage.present)} of {len(features)} "
+               f"baseline features present; {len(coverage.unknown)} columns unknown to the "
+               f"baseline{': ' + ', '.join(coverage.unknown) if coverage.unknown else ''}")
+    problem = coverage_problem(coverage, _baseline_label(path, baseline))
+    if problem is not None:
+        raise _Problem(problem, EXIT_MISMATCH)
+    click.echo("the baseline fits this input")
 
 
 # -- detect ------------------------------------------------------------------------------------
@@ -97,52 +269,88 @@ def baseline_show(path: str) -> None:
               help="TOML config; defaults apply when omitted.")
 @click.option("--baseline", "baseline_path", type=click.Path(dir_okay=False),
               help="Baseline file (default: `baseline` in the config).")
-@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False),
-              help="JSONL file of prediction-request messages.")
+@click.option("--input", "inputs", multiple=True,
+              help="JSONL of prediction-request messages, gzip allowed, - for stdin; several "
+              "allowed (also as arguments), read one after another in time order.")
+@click.argument("more_inputs", nargs=-1)
 @click.option("--output", type=click.Path(dir_okay=False),
-              help="Write events as JSON lines here (default: stdout).")
+              help="Write events here (default: stdout).")
+@click.option("--format", "out_format", type=click.Choice(["json", "table"]), default="json",
+              show_default=True, help="Events as JSON lines, or one aligned line each.")
 @click.option("--dead-letter", type=click.Path(dir_okay=False),
-              help="Write bad lines here, each with its reason and line number.")
+              help="Write bad lines here, each with its reason, input and line number.")
 @click.option("--report", type=click.Path(dir_okay=False), help="Write an HTML report here.")
-def detect(config_path: str | None, baseline_path: str | None, input_path: str,
-           output: str | None, dead_letter: str | None, report: str | None) -> None:
-    """Compare a file of logged requests with the baseline; print skew events."""
+def detect(config_path: str | None, baseline_path: str | None, inputs: tuple[str, ...],
+           more_inputs: tuple[str, ...], output: str | None, out_format: str,
+           dead_letter: str | None, report: str | None) -> None:
+    """Compare files of logged requests with the baseline; print skew events."""
     from .files import detect_file
+    from .inputs import resolve_inputs
     from .report.collect import ReportCollector
 
+    names = [*inputs, *more_inputs]
+    if not names:
+        raise click.UsageError("no input: pass --input FILE (or FILE arguments; - for stdin)")
     config = _load_config(config_path)
     baseline = _load_baseline(baseline_path, config)
-    if not Path(input_path).is_file():
-        raise _Problem(f"{input_path}: no such file")
+    sources = resolve_inputs(names)  # fails before anything is written
+    if report:
+        _require("jinja2")
     collector = ReportCollector(baseline) if report else None
+    watch = WindowWatch(collector.on_window if collector else None,
+                        _baseline_label(baseline_path or config.baseline, baseline),
+                        announce=False)
     with ExitStack() as stack:
-        write_event = _event_sink(stack, config, None, output, publish=False)
+        write_event = _event_sink(stack, config, None, output, publish=False,
+                                  table=out_format == "table")
         dead: IO[bytes] | None = stack.enter_context(open(dead_letter, "wb")) \
             if dead_letter else None
-        try:
-            run = detect_file(config, baseline, input_path, on_event=write_event,
-                              dead_letters=dead,
-                              on_window=collector.on_window if collector else None,
-                              on_bad_record=collector.on_bad_record if collector else None,
-                              progress=sys.stderr.isatty())
-        except OSError as exc:
-            raise _Problem(f"{input_path}: cannot read: {exc.strerror}") from None
-    _print_summary(run.detector.stats)
-    if collector is not None:
-        _write_report(collector, report, run.detector.stats, run.events,
-                      f"detect: {input_path}", baseline_path or config.baseline)
-
-
-def _print_summary(stats: DetectorStats) -> None:
+        run = detect_file(config, baseline, [s.name for s in sources], on_event=write_event,
+                          dead_letters=dead, on_window=watch.on_window,
+                          on_bad_record=collector.on_bad_record if collector else None,
+                          progress=sys.stderr.isatty())
+    watch.finish()
+    stats = run.detector.stats
     click.echo(stats.summary(), err=True)
+    source = ", ".join(s.label for s in sources)
+    blind = _verdict(RunCounts.of(stats, watch=watch), config, "detect", source)
+    if len(run.inputs) > 1 and stats.late:
+        late = [f"{c.source}: {c.late:,} of {c.records:,}" for c in run.inputs if c.late]
+        click.echo(f"late records by input: {'; '.join(late)}", err=True)
+    if collector is not None:
+        _report(collector, report, stats, run.events, f"detect: {source}",
+                baseline_path or config.baseline, blind)
+    _finish(blind, watch)
 
 
-def _write_report(collector: Any, path: str, stats: DetectorStats, events: list[SkewEvent],
-                  source: str, baseline_path: str | None) -> None:
-    try:
-        from .report import write_report
-    except ImportError as exc:
-        raise _Problem(str(exc)) from None
+def _verdict(counts: RunCounts, config: Config, what: str, source: str) -> str | None:
+    return blind_run(counts, what, min_count=config.detect.min_count,
+                     allowed_lateness=config.window.allowed_lateness, source=source)
+
+
+def _finish(blind: str | None, watch: WindowWatch | None) -> None:
+    """Say what the run could not judge, and exit with its code."""
+    mismatch = [problem if model == "default" else f"model {model}: {problem}"
+                for model, problem in (watch.problems.items() if watch is not None else ())]
+    for problem in mismatch:
+        click.echo(f"Error: {problem}", err=True)
+    if blind is not None:
+        click.echo(f"Error: {blind}", err=True)
+        raise click.exceptions.Exit(EXIT_BLIND)
+    if mismatch:
+        raise click.exceptions.Exit(EXIT_MISMATCH)
+
+
+def _report(collector: Any, path: str, stats: DetectorStats, events: list[SkewEvent],
+            source: str, baseline_path: str | None, blind: str | None) -> None:
+    """Write the report, unless the run judged nothing: then a report would look fine."""
+    if blind is not None:
+        stale = " (the file there is from an earlier run)" if Path(path).exists() else ""
+        click.echo(f"no report written to {path}{stale}: the run judged nothing it could "
+                   "show", err=True)
+        return
+    from .report import write_report
+
     write_report(collector.data(stats, events, source, baseline_path), path)
     click.echo(f"report: {path}", err=True)
 
@@ -183,14 +391,18 @@ def _kafka_options(command: Any) -> Any:
 @click.option("--until-end", is_flag=True,
               help="Stop once caught up with the end offsets seen at start (batch jobs).")
 @click.option("--metrics-port", type=int, help="Serve Prometheus metrics on this port.")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True,
+              envvar="STREAMSKEW_METRICS_HOST", show_envvar=True,
+              help="Address the metrics endpoint listens on; 0.0.0.0 opens it to the network "
+              "(the container image sets it so).")
 @click.option("--checkpoint-interval", default="1s", show_default=True,
               help="How often offsets, panes, state and alerts are committed together.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Detector processes in this group on this machine (one per core, at most "
               "one per partition); worker i serves metrics on --metrics-port + i.")
 def run(config_path: str, baseline_path: str | None, bootstrap_servers: str | None,
-        until_end: bool, metrics_port: int | None, checkpoint_interval: str,
-        workers: int) -> None:
+        until_end: bool, metrics_port: int | None, metrics_host: str,
+        checkpoint_interval: str, workers: int) -> None:
     """Join the consumer group and publish skew events to the alerts topic."""
     import signal
     import threading
@@ -203,6 +415,8 @@ def run(config_path: str, baseline_path: str | None, bootstrap_servers: str | No
         interval = parse_duration(checkpoint_interval) / 1000
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--checkpoint-interval") from None
+    if metrics_port is not None:
+        _require("prometheus_client")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -212,19 +426,24 @@ def run(config_path: str, baseline_path: str | None, bootstrap_servers: str | No
                    f"value={event.value:.4g} threshold={event.threshold:.4g}", err=True)
 
     def show_metrics(worker: int, port: int) -> None:
-        click.echo(f"metrics on :{port}/metrics" + (f" (worker {worker})" if workers > 1
-                                                    else ""), err=True)
+        click.echo(f"metrics on http://{metrics_host}:{port}/metrics"
+                   + (f" (worker {worker})" if workers > 1 else ""), err=True)
 
     options = {"bootstrap_servers": bootstrap_servers, "until_end": until_end,
                "checkpoint_interval_s": interval, "on_event": show}
+    # A baseline that does not fit the traffic is said at the first window, in the log.
+    watch = WindowWatch(None, _baseline_label(baseline_path or config.baseline, baseline),
+                        announce=True)
     try:
         if workers > 1:
             from .kafka.workers import run_workers
 
+            watch = None  # each worker watches its own windows (and says so in its log)
             stats = run_workers(config, baseline, workers, stop, metrics_port=metrics_port,
-                                on_metrics=show_metrics, **options)
+                                metrics_host=metrics_host, on_metrics=show_metrics, **options)
         else:
-            stats = _run_one(config, baseline, stop, metrics_port, show_metrics, options)
+            stats = _run_one(config, baseline, stop, (metrics_host, metrics_port),
+                             show_metrics, {**options, "on_window": watch.on_window})
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     except RuntimeError as exc:
@@ -234,20 +453,30 @@ def run(config_path: str, baseline_path: str | None, bootstrap_servers: str | No
                f"field_errors={sum(b.field_errors.values())} late={b.late} "
                f"dead_letters={stats.dead_letters} windows={stats.windows} "
                f"events={len(stats.events)}", err=True)
+    if stats.kafka_errors:
+        waited = ", ".join(f"{name} x{count}" for name, count in sorted(stats.kafka_errors.items()))
+        click.echo(f"Kafka failures waited out: {waited}", err=True)
+    for warning in stats.warnings:  # said in the log as they happened; again at the end
+        click.echo(f"Warning: {warning}", err=True)
+    if until_end:
+        topics = ", ".join(config.kafka.topics) or config.kafka.topic_pattern or "the topics"
+        if watch is not None:
+            watch.finish()
+        _finish(_verdict(RunCounts.of(b, windows=stats.windows), config, "run", topics), watch)
 
 
-def _run_one(config: Config, baseline: Baseline, stop: Any, metrics_port: int | None,
-             show_metrics: Any, options: dict[str, Any]) -> Any:
-    """`run` in this process (one worker)."""
+def _run_one(config: Config, baseline: Baseline, stop: Any,
+             metrics_address: tuple[str, int | None], show_metrics: Any,
+             options: dict[str, Any]) -> Any:
+    """`run` in this process (one worker); metrics on ``(host, port)`` when a port is set."""
     from .kafka.service import DetectorService
 
     metrics = None
-    if metrics_port is not None:
-        try:
-            from .kafka.metrics import ServiceMetrics
-        except ImportError as exc:
-            raise _Problem(str(exc)) from None
-        metrics = ServiceMetrics(metrics_port)
+    host, port = metrics_address
+    if port is not None:
+        from .kafka.metrics import ServiceMetrics
+
+        metrics = ServiceMetrics(port, host)
         show_metrics(0, metrics.start())
     try:
         return DetectorService(config, baseline, metrics=metrics, **options).run(stop)
@@ -284,31 +513,44 @@ def replay(config_path: str, baseline_path: str | None, bootstrap_servers: str |
         raise click.BadParameter("--to must be after --from")
     if publish and output:
         raise click.UsageError("--publish and --output are exclusive")
+    if report:
+        _require("jinja2")
     collector = ReportCollector(baseline) if report else None
+    watch = WindowWatch(collector.on_window if collector else None,
+                        _baseline_label(baseline_path or config.baseline, baseline),
+                        announce=False)
     with ExitStack() as stack:
         sink = _event_sink(stack, config, bootstrap_servers, output, publish)
         try:
             result = run_replay(config, baseline, start_ms, end_ms, bootstrap_servers,
-                                on_event=sink,
-                                on_window=collector.on_window if collector else None,
+                                on_event=sink, on_window=watch.on_window,
                                 on_bad_record=collector.on_bad_record if collector else None)
         except (RuntimeError, TimeoutError) as exc:
             raise _Problem(str(exc)) from None
+    watch.finish()
     stats = result.stats
     click.echo(f"records={result.records} accepted={stats.accepted} rejected={stats.bad_total} "
                f"outside_range={stats.outside_range} late={stats.late} "
                f"windows={result.windows} events={len(result.events)}", err=True)
+    for warning in result.warnings:
+        click.echo(f"Warning: {warning}", err=True)
+    counts = RunCounts.of(stats, windows=result.windows, watch=watch,
+                          time_range=(start_ms, end_ms))
+    counts.records = result.records
+    topics = ", ".join(config.kafka.topics) or config.kafka.topic_pattern or "the topics"
+    blind = _verdict(counts, config, "replay", topics)
     if collector is not None:
         summary = DetectorStats(records=stats.records, accepted=stats.accepted, bad=stats.bad,
                                 field_errors=stats.field_errors, late=stats.late,
                                 windows=result.windows, events=len(result.events))
-        _write_report(collector, report, summary, result.events,
-                      f"replay {start} .. {end or 'end'}", baseline_path or config.baseline)
+        _report(collector, report, summary, result.events,
+                f"replay {start} .. {end or 'end'}", baseline_path or config.baseline, blind)
+    _finish(blind, watch)
 
 
 def _event_sink(stack: ExitStack, config: Config, bootstrap_servers: str | None,
-                output: str | None, publish: bool) -> Any:
-    """Where events go: the alerts topic, a file, or stdout."""
+                output: str | None, publish: bool, table: bool = False) -> Any:
+    """Where events go: the alerts topic, a file, or stdout (JSON lines or a table)."""
     if publish:
         from kafka import KafkaAdminClient, KafkaProducer
 
@@ -332,6 +574,15 @@ def _event_sink(stack: ExitStack, config: Config, bootstrap_servers: str | None,
         return send
     out: IO[bytes] = (stack.enter_context(open(output, "wb"))  # noqa: SIM115 - stack closes
                       if output else sys.stdout.buffer)
+    if table:
+        from .display import event_line, when_label
+
+        color = output is None and sys.stdout.isatty()
+
+        def print_line(event: SkewEvent) -> None:
+            out.write(event_line(event, when_label(event), color).encode() + b"\n")
+            out.flush()
+        return print_line
 
     def write(event: SkewEvent) -> None:
         out.write(event.to_json() + b"\n")
@@ -352,6 +603,7 @@ def _register_optional_commands() -> None:
 
 
 _register_optional_commands()
+_add_common_params(main)
 
 
 if __name__ == "__main__":  # pragma: no cover

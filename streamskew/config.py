@@ -18,7 +18,7 @@ import copyreg
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
@@ -36,6 +36,7 @@ __all__ = [
     "KafkaConfig",
     "MessageConfig",
     "WindowConfig",
+    "check_feature_overrides",
     "parse_duration",
 ]
 
@@ -226,17 +227,30 @@ _KAFKA_OWN_KEYS = ("bootstrap_servers", "topics", "topic_pattern", "group_id", "
 
 @dataclass(frozen=True)
 class KafkaConfig:
-    """Kafka adapter settings; ``client`` holds kafka-python settings passed through as is."""
+    """Kafka adapter settings; ``client`` holds kafka-python settings passed through as is.
+
+    The topics streamskew writes are named after the deployment's ``group_id`` unless set:
+    ``<group_id>.alerts``, ``.dlq``, ``.state``, ``.panes``. Two deployments on one cluster
+    (two group ids) therefore never share state.
+
+    >>> KafkaConfig(group_id="fraud-prod").panes_topic
+    'fraud-prod.panes'
+    """
 
     bootstrap_servers: str | tuple[str, ...] = "localhost:9092"
     topics: tuple[str, ...] = ()
     topic_pattern: str | None = None
     group_id: str = "streamskew"
-    alerts_topic: str = "streamskew.alerts"
-    dlq_topic: str = "streamskew.dlq"
-    state_topic: str = "streamskew.state"
-    panes_topic: str = "streamskew.panes"
+    alerts_topic: str = ""  # "" = <group_id>.alerts
+    dlq_topic: str = ""  # "" = <group_id>.dlq
+    state_topic: str = ""  # "" = <group_id>.state
+    panes_topic: str = ""  # "" = <group_id>.panes
     client: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        for name in ("alerts", "dlq", "state", "panes"):
+            if not getattr(self, f"{name}_topic"):
+                object.__setattr__(self, f"{name}_topic", f"{self.group_id}.{name}")
 
     def __repr__(self) -> str:  # secrets must never reach a log line
         safe = {k: ("***" if _is_secret(k) else v) for k, v in self.client.items()}
@@ -516,6 +530,47 @@ class _Reader:
             return os.environ[name]
 
         return _ENV_REF.sub(lookup, value)
+
+
+def check_feature_overrides(config: Config, features: Iterable[str],
+                            baseline_label: str = "the baseline") -> None:
+    """``[features.<name>]`` for a name the baseline lacks does nothing: a ConfigError.
+
+    Sections that only say ``ignore = true`` are fine (a build with the same config left the
+    column out, so the baseline cannot have it).
+
+    >>> config = Config.from_dict({"features": {"amout": {"threshold": 0.2}}})
+    >>> check_feature_overrides(config, ["amount", "country"])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    streamskew.config.ConfigError: <dict>: [features.amout]: no feature 'amout' in the ...
+    """
+    known = set(features)
+    unknown = [name for name, spec in config.features.items()
+               if name not in known and not spec.ignore]
+    if not unknown:
+        return
+    line = _section_line(config.source, f"features.{unknown[0]}")
+    sections = ", ".join(f"[features.{name}]" for name in unknown)
+    names = ", ".join(repr(name) for name in unknown)
+    listing = ", ".join(sorted(known)[:12]) + (", ..." if len(known) > 12 else "")
+    raise ConfigError(f"{config.source}{f':{line}' if line else ''}: {sections}: no feature "
+                      f"{names} in {baseline_label} (its features: {listing}); fix the name "
+                      "or remove the section")
+
+
+def _section_line(source: str, section: str) -> int | None:
+    """The line of ``[section]`` in the config file, when it is one (for messages)."""
+    try:
+        text = Path(source).read_text(encoding="utf-8")
+    except (OSError, ValueError):
+        return None
+    wanted = section.replace('"', "")
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if stripped.startswith("[") and stripped.strip("[]").strip().replace('"', "") == wanted:
+            return number
+    return None
 
 
 def _kafka_python_keys() -> frozenset[str]:

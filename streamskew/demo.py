@@ -37,6 +37,7 @@ import orjson
 from .baseline import Baseline
 from .config import Config
 from .detector import SkewEvent
+from .display import event_line
 
 __all__ = ["DEMO_CONFIG", "load_diamonds", "run_demo"]
 
@@ -136,11 +137,7 @@ def _messages(requests: list[dict[str, Any]], model: PriceModel) -> list[bytes]:
 
 def _describe(event: SkewEvent) -> str:
     minute = (event.window_end - START_MS) / 60_000 if event.window_end is not None else 0
-    color = "red" if event.type == "skew_detected" else "green"
-    label = click.style(f"{event.type:<14}", fg=color, bold=True)
-    return (f"  t+{minute:4.0f}m  {label} {event.feature:<11} {event.check:<18} "
-            f"{event.metric:<17} value={event.value:<8.3g} threshold={event.threshold:.3g} "
-            f"({event.severity})")
+    return event_line(event, f"t+{minute:4.0f}m", color=True)
 
 
 def run_demo(output_dir: Path, report: bool = True) -> list[SkewEvent]:

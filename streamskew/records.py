@@ -27,10 +27,11 @@ from __future__ import annotations
 import json
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from itertools import repeat
+from itertools import chain, repeat
 from typing import Any
 
 import numpy as np
@@ -77,6 +78,7 @@ class BadRecord:
 
 NO_TIME = np.iinfo(np.int64).min  # marks "no event time in the message"
 PARSE_CHUNK = 512  # messages per orjson call (and per pass over the parsed dicts)
+MAX_NEW_KEYS = 64  # unknown keys counted per chunk (the most frequent; panes keep as many)
 
 
 @dataclass
@@ -157,10 +159,14 @@ class Decoder:
     feature named after the last part of its path.
     """
 
-    def __init__(self, message: MessageConfig, schema: Mapping[str, str]) -> None:
+    def __init__(self, message: MessageConfig, schema: Mapping[str, str],
+                 not_features: Iterable[str] = ()) -> None:
         self.message = message
         self._lenient = False
         self.schema = dict(schema)
+        # Keys that are known but not monitored (``exclude``, ignored features, columns the
+        # baseline left out as ids): never counted as new features.
+        self.not_features = set(message.exclude) | set(not_features)
         self.features_path = _path(message.features)
         self.timestamp_path = _path(message.timestamp)
         self.model_path = _path(message.model)
@@ -347,7 +353,14 @@ class Decoder:
         return column
 
     def _count_new_features(self, feature_maps: list[dict[str, Any]], columns: Columns) -> None:
-        unknown = set().union(*feature_maps) - self.schema.keys()  # one C-level pass
+        unknown = set().union(*feature_maps) - self.schema.keys() - self.not_features
+        if len(unknown) > MAX_NEW_KEYS:
+            # A producer sending thousands of unknown keys: count them all at C speed, keep
+            # the most frequent (the ones a schema event would name), skip a mask for each.
+            counts = Counter(key for key in chain.from_iterable(feature_maps)
+                             if key in unknown)
+            unknown = {key for key, _ in sorted(counts.items(),
+                                                key=lambda kv: (-kv[1], kv[0]))[:MAX_NEW_KEYS]}
         for key in sorted(unknown):
             columns.new_features[key] = np.fromiter((key in f for f in feature_maps),
                                                     dtype=bool, count=len(feature_maps))

@@ -508,3 +508,55 @@ def test_follow_cli_ends_cleanly_on_sigterm(kafka_bootstrap, tmp_path):
                 process.wait()
     finally:
         writer.close()
+
+
+def test_cli_table_is_in_window_end_order(kafka_bootstrap, alerts_topic, tmp_path):
+    topic, _ = alerts_topic
+    config = _config_file(tmp_path, topic, kafka_bootstrap)
+    result = CliRunner().invoke(alerts, ["--config", config])
+    assert result.exit_code == 0, result.output
+    times = [line.split()[0] for line in result.stdout.splitlines()[1:]]
+    expected = [format_time(e.window_end) for e in sorted(COMMITTED, key=lambda e: e.window_end)]
+    assert times == expected  # the topic's 3 partitions interleave them; the table does not
+
+
+@pytest.mark.parametrize(("extra", "skipped"), [
+    ([], 5),  # FIRST: minutes 0..4 (the aborted transaction is not counted)
+    (["--model", "fraud"], 3),  # amount 0, country 1, amount 3
+    (["--type", "resolved"], 1),  # amount 3
+])
+def test_cli_since_says_how_many_older_events_it_skipped(kafka_bootstrap, alerts_topic,
+                                                         tmp_path, extra, skipped):
+    topic, _ = alerts_topic
+    config = _config_file(tmp_path, topic, kafka_bootstrap)
+    since = START + 6 * MINUTE
+    result = CliRunner().invoke(alerts, ["--config", config, "--since", str(since), *extra])
+    assert result.exit_code == 0, result.output
+    noun = "event" if skipped == 1 else "events"
+    assert result.stderr.splitlines() == [
+        f"skipped {skipped} older {noun} (before {format_time(since)}, --since)"]
+    rows = result.stdout.splitlines()[1:]
+    assert all(row.split()[0] >= format_time(since) for row in rows)
+
+
+def test_cli_since_before_everything_skips_nothing_and_says_nothing(kafka_bootstrap,
+                                                                    alerts_topic, tmp_path):
+    topic, _ = alerts_topic
+    config = _config_file(tmp_path, topic, kafka_bootstrap)
+    result = CliRunner().invoke(alerts, ["--config", config, "--since", str(START - MINUTE)])
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+    assert len(result.stdout.splitlines()) == 1 + len(COMMITTED)
+
+
+def test_cli_unreachable_broker_is_one_line_with_one_prefix(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text('[kafka]\nbootstrap_servers = "127.0.0.1:1"\nrequest_timeout_ms = 2000\n'
+                      'api_version_auto_timeout_ms = 2000\n')
+    from streamskew.cli import main
+
+    result = CliRunner().invoke(main, ["alerts", "--config", str(config)])
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "Error: error" not in lines[0]
+    assert "Traceback" not in result.output

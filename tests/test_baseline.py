@@ -142,7 +142,8 @@ def test_csv_with_ragged_rows(tmp_path):
 @pytest.mark.parametrize(("name", "content", "message"), [
     ("t.txt", "a\n1\n", "unknown file type"),
     ("t.csv", "", "empty file"),
-    ("t.csv", "a,a\n1,2\n", "unique, non-empty column names"),
+    ("t.csv", "a,a\n1,2\n", "names 'a' more than once"),
+    ("t.csv", "a,,b\n1,2,3\n", "column 2 of the header row has no name"),
     ("t.parquet", "not parquet", "not a readable Parquet file"),
 ])
 def test_unusable_files_say_what_to_do(tmp_path, name, content, message):

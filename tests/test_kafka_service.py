@@ -213,7 +213,8 @@ def test_metrics_endpoint_reports_records_scores_and_events(kafka_bootstrap, top
     assert detected > 0
     assert 'streamskew_score{check="distribution",feature="amount"' in page
     assert 'streamskew_events_total{check="distribution",feature="amount"' in page
-    lags = [line for line in page.splitlines() if line.startswith("streamskew_consumer_lag{")]
+    lags = [line for line in page.splitlines()
+            if line.startswith("streamskew_consumer_lag_records{")]
     assert lags and all(line.endswith(" 0.0") for line in lags)
 
 

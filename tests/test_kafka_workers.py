@@ -51,7 +51,7 @@ def test_two_workers_publish_the_same_events_as_detect(kafka_bootstrap, topic, s
 
 def test_a_failing_worker_fails_the_run_with_its_reason(kafka_bootstrap, baseline):
     config = service_config(kafka_bootstrap, unique("no-such-topic"), unique("workers"))
-    with pytest.raises(WorkerError, match=r"worker 0: RuntimeError: no source topic"):
+    with pytest.raises(WorkerError, match=r"worker 0: run: no source topic"):
         run_workers(config, baseline, 2, until_end=True)
 
 

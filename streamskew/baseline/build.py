@@ -9,13 +9,14 @@ counts the bins exactly.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import numbers
 import os
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,8 @@ import orjson
 from datasketches import kll_doubles_sketch
 
 from ..config import Config
-from ..readers import FileProblem, SkippedLines, read_chunks
+from ..inputs import FileProblem, Input, resolve_inputs
+from ..readers import SkippedLines, read_chunks
 from ..records import category_string
 from ..sketch.quantiles import QuantileLayout
 from .joint import JOINT_FEATURE, JointBuilder
@@ -43,25 +45,45 @@ MISSING_TOKENS = frozenset({"", "NA", "N/A", "NaN", "nan", "null", "NULL", "None
 MAX_DISTINCT = 100_000  # categorical values counted exactly per feature
 MAX_KNOWN_TAIL = 50_000  # values outside the vocabulary kept for the unseen check
 NUMERIC_SHARE = 0.99  # a column is numeric when this share of its values parses as numbers
+# A column whose values are nearly all distinct is an id or a timestamp, not a feature:
+ID_DISTINCT_SHARE = 0.9  # categorical: at least this share of its values distinct ...
+ID_MIN_VALUES = 200  # ... among at least this many values (fewer cannot tell)
+NUMERIC_ID_MIN_VALUES = 1000  # whole numbers, all distinct, and an id-like name or dense run
+_ID_NAME = re.compile(r"(?i)^(rownames|index|id|uuid|guid|key|ts|time|timestamp|date|datetime)$"
+                      r"|(_id|id|_uuid|_key|_ts|_time|timestamp|_date|_at)$|^(time|date)")
+#: Spellings of booleans in training data (pandas writes True/False) -> their category.
+BOOLEAN_TEXT = {"true": "true", "True": "true", "TRUE": "true",
+                "false": "false", "False": "false", "FALSE": "false"}
+
+log = logging.getLogger(__name__)
 
 
 def build_from_files(paths: Iterable[str | os.PathLike[str]], config: Config | None = None,
                      progress: bool = False) -> Baseline:
-    """Build from CSV/JSONL/Parquet files in two streaming passes (memory stays bounded)."""
+    """Build from CSV/JSONL/Parquet inputs in two streaming passes (memory stays bounded).
+
+    ``paths`` are files or ``-`` for standard input, gzipped or not (see
+    :mod:`streamskew.inputs`).
+    """
     config = config or Config()
-    paths = [Path(p) for p in paths]
-    for path in paths:
-        if not path.is_file():
-            raise BaselineError(f"{path}: no such file")
+    try:
+        sources = resolve_inputs(str(p) for p in paths)
+    except FileProblem as exc:
+        raise BaselineError(str(exc)) from None
     skipped = SkippedLines()
     builder = _Builder(config)
-    for chunk in _chunks(paths, config, skipped, progress, "baseline"):
-        builder.first_pass(chunk)
-    builder.decide()
-    if builder.needs_second_pass:
-        for chunk in _chunks(paths, config, SkippedLines(), progress, "baseline: pass 2/2"):
-            builder.second_pass(chunk)
-    return builder.finish(tuple(str(p) for p in paths), skipped)
+    try:
+        for chunk in _chunks(sources, config, skipped, progress, "baseline", first=True):
+            builder.first_pass(chunk)
+        builder.decide()
+        if builder.needs_second_pass:
+            for chunk in _chunks(sources, config, SkippedLines(), progress,
+                                 "baseline: pass 2/2", first=False):
+                builder.second_pass(chunk)
+    finally:
+        for source in sources:
+            source.cleanup()
+    return builder.finish(tuple(s.label for s in sources), skipped)
 
 
 def build_from_columns(columns: Mapping[str, Iterable[Any]],
@@ -80,23 +102,26 @@ def build_from_columns(columns: Mapping[str, Iterable[Any]],
     return builder.finish(("<columns>",))
 
 
-def _chunks(paths: list[Path], config: Config, skipped: SkippedLines, progress: bool,
-            label: str) -> Iterable[dict[str, list[Any]]]:
+def _chunks(sources: list[Input], config: Config, skipped: SkippedLines, progress: bool,
+            label: str, first: bool) -> Iterable[dict[str, list[Any]]]:
     from tqdm import tqdm
 
-    total = sum(p.stat().st_size for p in paths)
+    sizes = [source.size() for source in sources]
+    total = None if None in sizes else sum(sizes)  # type: ignore[arg-type]
     with tqdm(total=total, unit="B", unit_scale=True, desc=label,
               disable=not progress, leave=False) as bar:
         done = 0
-        for path in paths:
+        for source in sources:
             def advance(position: int, start: int = done) -> None:
                 bar.update(max(start + position - bar.n, 0))
             try:
-                yield from read_chunks(path, config.message, config.build.chunk_rows, skipped,
-                                       advance)
+                # Notes only once: the second pass reads the same inputs again.
+                yield from read_chunks(source, config.message, config.build.chunk_rows,
+                                       skipped, advance, note=log.warning if first else None,
+                                       keep_copy=first)
             except FileProblem as exc:
                 raise BaselineError(str(exc)) from None
-            done += path.stat().st_size
+            done = bar.n
 
 
 class _Column:
@@ -114,6 +139,7 @@ class _Column:
         self.numbers = 0
         self.non_finite = 0
         self.non_numbers = 0
+        self.booleans = 0  # values that are booleans in any spelling (True, "true", "FALSE")
         self.kll = kll_doubles_sketch(kll_k)
         self.sum = 0.0
         self.sum_squares = 0.0
@@ -135,6 +161,8 @@ class _Column:
         numbers = np.array([p if p is not None else 0.0 for p in parsed], dtype=np.float64)
         finite = is_number & np.isfinite(numbers)
         self.non_numbers += int(counts[~is_number].sum())
+        self.booleans += sum(count for key, count in chunk.items()
+                             if type(key) is bool or (type(key) is str and key in BOOLEAN_TEXT))
         self.non_finite += int(counts[is_number & ~finite].sum())
         if finite.any():
             expanded = np.repeat(numbers[finite], counts[finite])
@@ -159,6 +187,36 @@ class _Column:
     def exact(self) -> bool:
         return self.overflow == 0
 
+    @property
+    def present(self) -> int:
+        return self.numbers + self.non_finite + self.non_numbers
+
+    @property
+    def is_boolean(self) -> bool:
+        """Every value is a boolean: True/False, true/false, TRUE/FALSE or a real bool."""
+        return self.present > 0 and self.booleans == self.present
+
+    @property
+    def distinct(self) -> int:
+        return len(self.values) + self.overflow  # a lower bound past MAX_DISTINCT
+
+    def looks_like_id(self, name: str, kind: str) -> str | None:
+        """"an id" or "a timestamp" when nearly every value is distinct; else None."""
+        present = self.present
+        if kind == "categorical":
+            if present < ID_MIN_VALUES or self.distinct < ID_DISTINCT_SHARE * present:
+                return None
+        else:
+            if present < NUMERIC_ID_MIN_VALUES or not self.exact or self.distinct < present:
+                return None  # a continuous feature is all distinct too: needs more evidence
+            values, _ = self.number_counts()
+            if not np.all(values == np.round(values)):
+                return None
+            dense = values[-1] - values[0] + 1 <= 1.5 * len(values)  # row numbers
+            if not dense and not _ID_NAME.search(name):
+                return None
+        return "a timestamp" if _timestamp_like(list(self.values)[:20]) else "an id"
+
     def inferred_kind(self) -> str:
         present = self.numbers + self.non_finite + self.non_numbers
         if present and (self.numbers + self.non_finite) >= NUMERIC_SHARE * present:
@@ -177,11 +235,29 @@ class _Column:
 
     def category_counts(self) -> Counter[str]:
         categories: Counter[str] = Counter()
+        boolean = self.is_boolean
         for key, count in self.values.items():
-            category = category_string(key)
+            category = BOOLEAN_TEXT[key] if boolean and type(key) is str \
+                else category_string(key)
             if category is not None:
                 categories[category.strip() if isinstance(key, str) else category] += count
         return categories
+
+
+def _timestamp_like(sample: list[Any]) -> bool:
+    """Most of these values are ISO-8601 times or epoch seconds/milliseconds (2001-2286)."""
+    hits = 0
+    for value in sample:
+        number = _as_number(value)
+        if number is not None:
+            hits += 1e9 <= number < 1e10 or 1e12 <= number < 1e13
+            continue
+        try:
+            datetime.fromisoformat(str(value))
+        except ValueError:
+            continue
+        hits += 1
+    return hits > len(sample) / 2
 
 
 def _weighted_quantiles(values: np.ndarray, counts: np.ndarray, ranks: np.ndarray
@@ -221,6 +297,7 @@ class _Builder:
         # fitted in decide(), its error counted in the second pass.
         self.joint = JointBuilder(config.detect.joint_variance, config.build.bins,
                                   _finite_or_nan) if config.detect.joint else None
+        self.left_out: dict[str, str] = {}  # columns left out as ids or timestamps
 
     def _wanted(self, name: str) -> bool:
         return name not in self.config.message.exclude and not self.config.feature(name).ignore
@@ -247,9 +324,14 @@ class _Builder:
         """Fix each column's kind and bin edges; exact columns get their bins right away."""
         if not self.columns:
             raise BaselineError("the input has no feature columns (all excluded or empty)")
+        self._warn_unknown_overrides()
+        self._leave_out_ids()
         ranks = np.linspace(0.0, 1.0, self.config.build.bins + 1)
         for name, column in self.columns.items():
             kind = self.config.feature(name).kind or column.inferred_kind()
+            if column.is_boolean and kind == "categorical":
+                log.info("column %r holds booleans: one categorical feature with the "
+                         "categories true and false", name)
             if kind == "numeric" and column.numbers == 0:
                 raise BaselineError(f"feature {name!r} is configured numeric but has no numeric "
                                     "values in the training data; fix [features."
@@ -276,6 +358,36 @@ class _Builder:
                 self.kinds, self.edges,
                 {name: self.bins[name] for name in self.edges if self.columns[name].exact}):
             self.joint = None
+
+    def _leave_out_ids(self) -> None:
+        """Columns that look like ids or timestamps are not features: say so, leave them out."""
+        for name, column in list(self.columns.items()):
+            if self.config.feature(name).kind is not None:
+                continue  # the user asked for it
+            kind = column.inferred_kind()
+            what = column.looks_like_id(name, kind)
+            if what is None:
+                continue
+            del self.columns[name]
+            self.left_out[name] = what
+            log.warning("column %r looks like %s (%s distinct values in %s rows): left out of "
+                        "the baseline; to monitor it anyway set [features.%s] kind = \"%s\" "
+                        "in the config", name, what, f"{column.distinct:,}",
+                        f"{column.present:,}", name, kind)
+        if not self.columns:
+            raise BaselineError("no feature columns left: every column looks like an id or a "
+                                "timestamp; set [features.<name>] kind for those to monitor")
+
+    def _warn_unknown_overrides(self) -> None:
+        """``[features.x]`` for a column the data does not have does nothing: say so."""
+        unknown = sorted(name for name, feature in self.config.features.items()
+                         if name not in self.columns and not feature.ignore)
+        if unknown:
+            sections = ", ".join(f"[features.{name}]" for name in unknown)
+            log.warning("%s: %s in the config name%s no column of the training data, so %s "
+                        "nothing (its columns: %s)", self.config.source, sections,
+                        "" if len(unknown) > 1 else "s", "they do" if len(unknown) > 1
+                        else "it does", _names(self.columns))
 
     @property
     def needs_second_pass(self) -> bool:
@@ -315,7 +427,8 @@ class _Builder:
         digest = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
         created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         return Baseline(features=features, count=self.rows, id=digest[:16], created_at=created,
-                        sources=sources, skipped=skipped or SkippedLines(), joint=joint)
+                        sources=sources, left_out=dict(self.left_out),
+                        skipped=skipped or SkippedLines(), joint=joint)
 
     def _numeric(self, name: str, column: _Column) -> NumericBaseline:
         count = column.numbers
@@ -358,6 +471,12 @@ class _Builder:
             tail_complete=complete,
             singletons=sum(1 for c in categories.values() if c == 1),
             distinct=len(categories) + (1 if column.overflow else 0))
+
+
+def _names(names: Iterable[str], limit: int = 8) -> str:
+    names = list(names)
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
 
 
 def _with_one_bin(edges: np.ndarray) -> np.ndarray:

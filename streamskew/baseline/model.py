@@ -187,6 +187,9 @@ class Baseline:
     id: str
     created_at: str = ""
     sources: tuple[str, ...] = ()
+    left_out: Mapping[str, str] = field(default_factory=dict)
+    """Columns of the training data left out as ids or timestamps (name -> why): serving
+    records that carry them are not 'new features'."""
     skipped: SkippedLines | None = field(default=None, compare=False, repr=False)
     """Input lines that could not be used while building (None when loaded)."""
     joint: JointBaseline | None = None
@@ -229,6 +232,7 @@ class Baseline:
     def to_json(self) -> dict[str, Any]:
         raw = {"schema": SCHEMA, "id": self.id, "created_at": self.created_at,
                "sources": list(self.sources), "count": self.count,
+               "left_out": dict(self.left_out),
                "features": {name: f.to_json() for name, f in self.features.items()}}
         if self.joint is not None:  # optional key: files without it still load
             raw["joint"] = self.joint.to_json()
@@ -264,7 +268,7 @@ class Baseline:
             raise BaselineError(f"{path}: damaged baseline file ({exc!r}); rebuild it") from None
         return cls(features=features, count=raw["count"], id=raw["id"],
                    created_at=raw.get("created_at", ""), sources=tuple(raw.get("sources", ())),
-                   joint=joint)
+                   left_out=dict(raw.get("left_out") or {}), joint=joint)
 
     def describe(self) -> str:
         """A readable per-feature summary (``streamskew baseline show``)."""

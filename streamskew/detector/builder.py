@@ -35,6 +35,7 @@ __all__ = ["DEFAULT_MODEL", "WHOLE_INPUT", "BuilderStats", "PaneBuilder", "Seale
 
 DEFAULT_MODEL = "default"
 WHOLE_INPUT = -1  # the single pane used without event times
+MAX_NEW_FEATURES = 64  # unknown keys counted per pane (the most frequent ones)
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,8 @@ class BuilderStats:
     field_errors: dict[str, int] = field(default_factory=dict)  # records used in part
     late: int = 0  # dead-lettered: their pane had already closed
     outside_range: int = 0  # replay: event time outside the requested range
-    first_time: int | None = None  # smallest and largest event time seen (any record)
-    last_time: int | None = None
+    min_event_time: int | None = None  # smallest and largest event time seen (any record)
+    max_event_time: int | None = None
 
     @property
     def bad_total(self) -> int:
@@ -71,13 +72,15 @@ class BuilderStats:
         for mine, theirs in ((self.bad, other.bad), (self.field_errors, other.field_errors)):
             for reason, count in theirs.items():
                 mine[reason] = mine.get(reason, 0) + count
-        self._span(other.first_time, other.last_time)
+        self._span(other.min_event_time, other.max_event_time)
 
     def _span(self, low: int | None, high: int | None) -> None:
         if low is not None:
-            self.first_time = low if self.first_time is None else min(self.first_time, low)
+            known = self.min_event_time
+            self.min_event_time = low if known is None else min(known, low)
         if high is not None:
-            self.last_time = high if self.last_time is None else max(self.last_time, high)
+            known = self.max_event_time
+            self.max_event_time = high if known is None else max(known, high)
 
 
 def baseline_for(baselines: Mapping[str, Baseline], model: str) -> Baseline:
@@ -91,6 +94,15 @@ def union_schema(baselines: Mapping[str, Baseline]) -> dict[str, str]:
         for name, kind in baseline.schema.items():
             schema.setdefault(name, kind)
     return schema
+
+
+def not_monitored(config: Config, baselines: Mapping[str, Baseline]) -> set[str]:
+    """Keys of a request that are known but not features: ignored in the config, or left
+    out of a baseline as ids or timestamps."""
+    names = {name for name, feature in config.features.items() if feature.ignore}
+    for baseline in baselines.values():
+        names.update(baseline.left_out)
+    return names
 
 
 @dataclass
@@ -140,7 +152,8 @@ class PaneBuilder:
         self.config = config
         self.time_range = time_range  # replay: only event times in [start, end) count
         self.baselines = baselines
-        self.decoder = decoder or Decoder(config.message, union_schema(baselines))
+        self.decoder = decoder or Decoder(config.message, union_schema(baselines),
+                                          not_features=not_monitored(config, baselines))
         self.on_bad_record = on_bad_record
         window = config.window
         self.pane_ms = window.pane_ms
@@ -450,6 +463,12 @@ def fold(pane: Pane, columns: Columns, baseline: Baseline) -> None:
         count = int(rows.sum())
         if count:
             pane.new_features[name] = pane.new_features.get(name, 0) + count
+    if len(pane.new_features) > MAX_NEW_FEATURES:
+        # A producer that sends thousands of unknown keys must not grow every pane (and the
+        # checkpoints and panes records made of them) without bound: keep the most frequent,
+        # which are the ones a schema event names anyway.
+        kept = sorted(pane.new_features.items(), key=lambda kv: (-kv[1], kv[0]))
+        pane.new_features = dict(kept[:MAX_NEW_FEATURES])
 
 
 def _by_model(columns: Columns) -> Iterable[tuple[str, np.ndarray | None]]:

@@ -51,6 +51,7 @@ budget for.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -73,6 +74,31 @@ EVIDENCE_QUANTILES = {"p01": 0.01, "p50": 0.5, "p99": 0.99}
 JOINT_CHECK = "joint"
 PERSISTENT_CHECK = "persistent"
 SURGE_CHECK = "surge"
+
+
+# Noise floors depend only on the baseline feature and alpha, and simulating them is the
+# costly part of a cold start: models that share a baseline (many models judged against one
+# default baseline, or replicas of one model) share its floors. Bounded, least recent out.
+_SHARED_FLOORS: OrderedDict[tuple[str, str, float], NoiseFloors] = OrderedDict()
+_SHARED_FLOORS_MAX = 4096
+
+
+def shared_floors(baseline: Baseline, name: str, alpha: float) -> NoiseFloors:
+    """The noise floors of one baseline feature, simulated once per process."""
+    key = (baseline.id, name, alpha)
+    floors = _SHARED_FLOORS.get(key)
+    if floors is not None:
+        _SHARED_FLOORS.move_to_end(key)
+        return floors
+    feature = baseline.monitored[name]
+    options: dict[str, Any] = {}
+    if isinstance(feature, NumericBaseline):
+        options = {"points": feature.points, "scale": feature.std or 1.0}
+    floors = NoiseFloors(feature.bin_counts, alpha, f"{baseline.id}|{name}", **options)
+    _SHARED_FLOORS[key] = floors
+    if len(_SHARED_FLOORS) > _SHARED_FLOORS_MAX:
+        _SHARED_FLOORS.popitem(last=False)
+    return floors
 
 
 @dataclass(frozen=True)
@@ -157,13 +183,8 @@ class Judge:
     def floors(self, name: str) -> NoiseFloors:
         floors = self._floors.get(name)
         if floors is None:
-            feature = self.baseline.monitored[name]
-            options: dict[str, Any] = {}
-            if isinstance(feature, NumericBaseline):
-                options = {"points": feature.points, "scale": feature.std or 1.0}
-            floors = NoiseFloors(feature.bin_counts, self.alpha_of(name),
-                                 f"{self.baseline.id}|{name}", **options)
-            self._floors[name] = floors
+            floors = self._floors[name] = shared_floors(self.baseline, name,
+                                                        self.alpha_of(name))
         return floors
 
     def judge(self, window: Pane, finer: Sequence[tuple[int, Pane]] = ()

@@ -34,19 +34,22 @@ import click
 import orjson
 
 from ..config import Config, ConfigError
+from ..errors import StreamskewError
 from ..timeparse import ACCEPTED_FORMS, format_time, parse_time
 from .clients import consumer_settings
+from .failures import connect_admin
 
 __all__ = ["AlertReader", "AlertRecord", "AlertsError", "alerts", "parse_event", "read_alerts"]
 
 EVENT_TYPES = ("skew_detected", "skew_resolved")
 _POLL_MS = 250
+OLDER_SCAN_LIMIT = 100_000  # offsets read to count the events before --since exactly
 #: Fields the reader relies on, with the JSON types they must have.
 _STRING_FIELDS = ("type", "model", "feature", "check", "metric", "severity")
 _NUMBER_FIELDS = ("value", "threshold")
 
 
-class AlertsError(RuntimeError):
+class AlertsError(StreamskewError, RuntimeError):
     """The alerts cannot be read (missing topic, unreachable broker); the message says why."""
 
 
@@ -150,6 +153,7 @@ class AlertReader:
         self.on_invalid: InvalidHandler = on_invalid or warn_invalid
         self.poll_ms = poll_ms
         self.since_ms = since_ms
+        self.skipped_older = 0  # events older than since_ms found past the start offsets
         settings = consumer_settings(
             config.kafka, bootstrap_servers, group_id=None, enable_auto_commit=False,
             isolation_level="read_committed", auto_offset_reset="earliest",
@@ -157,6 +161,8 @@ class AlertReader:
         settings.setdefault("client_id", "streamskew-alerts")
         servers = settings.get("bootstrap_servers")
         where = ",".join(servers) if isinstance(servers, list) else str(servers)
+        # The first connection says why it failed (nothing listening, credentials refused).
+        connect_admin(config.kafka, bootstrap_servers, "alerts").close()
         try:
             self._consumer = KafkaConsumer(**settings)
         except KafkaError as exc:
@@ -172,6 +178,8 @@ class AlertReader:
             self._consumer.assign(self.partitions)
             #: end offsets (last stable offsets) when the reader was opened: the backlog
             self.end_offsets: dict[Any, int] = dict(self._consumer.end_offsets(self.partitions))
+            #: where each partition's backlog starts (the first offset at or after since_ms)
+            self.start_offsets: dict[Any, int] = {}
             if since_ms is None:
                 self._consumer.seek_to_beginning(*self.partitions)
             else:
@@ -179,8 +187,9 @@ class AlertReader:
                     {tp: max(0, int(since_ms)) for tp in self.partitions})
                 for tp in self.partitions:
                     hit = found.get(tp)
-                    self._consumer.seek(tp, hit.offset if hit is not None
-                                        else self.end_offsets[tp])
+                    self.start_offsets[tp] = hit.offset if hit is not None \
+                        else self.end_offsets[tp]
+                    self._consumer.seek(tp, self.start_offsets[tp])
         except AlertsError:
             self.close()
             raise
@@ -232,20 +241,72 @@ class AlertReader:
         if self.since_ms is not None and record.timestamp < self.since_ms:
             # older than --since, yet after the offset found for it: an out-of-order record,
             # or one behind a transaction marker (markers carry the broker's clock)
+            if self._wanted(record) is not None:
+                self.skipped_older += 1
             return
         try:
             event = parse_event(record.value)
         except ValueError as exc:
             self.on_invalid(self.topic, record.partition, record.offset, str(exc))
             return
-        if self.models and event["model"] not in self.models:
-            return
-        if self.features and event["feature"] not in self.features:
-            return
-        if self.types and event["type"] not in self.types:
+        if not self._matches(event):
             return
         yield AlertRecord(record.partition, record.offset, record.timestamp, record.key,
                           record.value, event)
+
+
+    def _matches(self, event: Mapping[str, Any]) -> bool:
+        return not ((self.models and event["model"] not in self.models)
+                    or (self.features and event["feature"] not in self.features)
+                    or (self.types and event["type"] not in self.types))
+
+    def _wanted(self, record: Any) -> dict[str, Any] | None:
+        """The record's event when it is one that the filters let through (else None)."""
+        try:
+            event = parse_event(record.value)
+        except ValueError:
+            return None
+        return event if self._matches(event) else None
+
+    def count_older(self, limit: int = OLDER_SCAN_LIMIT) -> tuple[int, bool]:
+        """How many events (that the filters let through) lie before ``since_ms``: read from
+        the beginning of each partition to its start offset, then go back there. Returns
+        ``(count, exact)``; past ``limit`` offsets it does not read them and returns their
+        number of offsets as an estimate (transaction markers take offsets too).
+
+        Call it before :meth:`backlog`.
+        """
+        if self.since_ms is None:
+            return 0, True
+        consumer = self._consumer
+        begins = consumer.beginning_offsets(self.partitions)
+        todo = {tp: self.start_offsets[tp] for tp in self.partitions
+                if self.start_offsets[tp] > begins[tp]}
+        span = sum(end - begins[tp] for tp, end in todo.items())
+        if span > limit:
+            return span, False
+        count = 0
+        consumer.pause(*(tp for tp in self.partitions if tp not in todo))
+        for tp in todo:
+            consumer.seek(tp, begins[tp])
+        try:
+            remaining = set(todo)
+            while remaining:
+                for tp, records in consumer.poll(timeout_ms=self.poll_ms).items():
+                    for record in records:
+                        if record.offset >= todo[tp]:
+                            break
+                        if record.timestamp < self.since_ms and self._wanted(record):
+                            count += 1
+                for tp in list(remaining):
+                    if consumer.position(tp) >= todo[tp]:
+                        remaining.discard(tp)
+                        consumer.pause(tp)
+        finally:
+            for tp in self.partitions:
+                consumer.seek(tp, self.start_offsets[tp])
+            consumer.resume(*self.partitions)
+        return count, True
 
 
 def read_alert_records(config: Config, bootstrap_servers: str | None = None,
@@ -287,7 +348,6 @@ _SEVERITY_STYLE: Mapping[str, dict[str, Any]] = {
     "critical": {"fg": "red", "bold": True}, "warning": {"fg": "yellow"}, "info": {"fg": "green"}}
 _TYPE_STYLE: Mapping[str, dict[str, Any]] = {
     "detected": {"fg": "red"}, "resolved": {"fg": "green"}}
-_TABLE_CHUNK = 500
 
 
 class _Problem(click.ClickException):
@@ -411,7 +471,7 @@ def alerts(config_path: str | None, bootstrap_servers: str | None, follow: bool,
     try:
         reader = AlertReader(config, bootstrap_servers, since_ms, models, features, types)
     except AlertsError as exc:
-        raise _Problem(f"error: {exc}") from None
+        raise _Problem(str(exc)) from None
     stdout = sys.stdout
     table = None if as_json else _Table(color=stdout.isatty())
     shown = 0
@@ -428,20 +488,41 @@ def alerts(config_path: str | None, bootstrap_servers: str | None, follow: bool,
             table.print([_row(record.event) for record in records])
             stdout.flush()
 
+    older, exact = 0, True
     try:
         with reader, _stop_on_signals(stop) if follow else nullcontext():
-            chunk: list[AlertRecord] = []
-            for record in reader.backlog(stop):
-                chunk.append(record)
-                if len(chunk) >= _TABLE_CHUNK or as_json:
-                    show(chunk)
-                    chunk = []
-            if chunk or (table is not None and follow):
-                show(chunk)
+            if since_ms is not None:
+                older, exact = reader.count_older()
+            if as_json:  # as stored, as they come
+                for record in reader.backlog(stop):
+                    show([record])
+            else:  # a table reads best in time order: by window end, then key
+                backlog = sorted(reader.backlog(stop), key=_time_order)
+                if backlog or follow:
+                    show(backlog)
+            older += reader.skipped_older
+            if since_ms is not None and older:
+                _say_skipped(older, exact, since_ms)
+                older = 0
             if follow:
                 for record in reader.follow(stop):
                     show([record])
     except KeyboardInterrupt:  # Ctrl-C outside the handler's reach: still a clean end
         pass
     if shown == 0 and not follow:
-        click.echo(f"no skew events on {reader.topic}", err=True)
+        click.echo(f"no skew events on {reader.topic}"
+                   + (f" since {format_time(since_ms)}" if since_ms is not None else ""),
+                   err=True)
+
+
+def _time_order(record: AlertRecord) -> tuple[int, str, str, str, int, int]:
+    event = record.event
+    end = (event.get("window") or {}).get("end")
+    return (end if isinstance(end, int) else -1, event["model"], event["feature"],
+            event["check"], record.partition, record.offset)
+
+
+def _say_skipped(older: int, exact: bool, since_ms: int) -> None:
+    about = "" if exact else "about "
+    click.echo(f"skipped {about}{older:,} older event{'s' if older != 1 else ''} (before "
+               f"{format_time(since_ms)}, --since)", err=True)

@@ -29,7 +29,8 @@ from ..detector.events import SkewEvent
 from ..detector.sources import SourceCoordinator
 from ..detector.window import BaselineMismatch, Pane
 from .metrics import Metrics
-from .state import EvaluatorCheckpoint, PaneMessage, evaluator_key
+from .state import CheckpointStore, EvaluatorCheckpoint, PaneMessage, evaluator_key
+from .transactions import TXN_TIMEOUT_S, send_offsets
 
 __all__ = ["EvaluatorStage"]
 
@@ -40,7 +41,8 @@ class EvaluatorStage:
     """The evaluation, when this process owns the panes topic (see the module docs)."""
 
     def __init__(self, config: Config, baselines: Mapping[str, Baseline], metrics: Metrics,
-                 expected: Callable[[], Iterable[str]]) -> None:
+                 expected: Callable[[], Iterable[str]], checkpoints: CheckpointStore,
+                 on_window: Callable[[WindowResult], None] | None = None) -> None:
         self.config = config
         self.kafka = config.kafka
         self.group = config.kafka.group_id
@@ -53,8 +55,12 @@ class EvaluatorStage:
         self.pending: list[SkewEvent] = []  # judged, not committed yet
         self.committed_positions: dict[TP, int] | None = None
         self.windows_before = 0  # windows the restored coordinator had judged elsewhere
+        self.committed_windows = 0  # the coordinator's window count at its last commit
         self.windows = 0  # windows judged by this process, over its ownerships
         self.skipped: dict[str, int] = {}  # panes-topic records skipped, by reason
+        self.checkpoints = checkpoints
+        self.checkpoint_bytes = 0  # stored size of the last checkpoint
+        self.then = on_window  # also told of every judged window
 
     @property
     def owner(self) -> bool:
@@ -84,12 +90,16 @@ class EvaluatorStage:
             self._skip("other_deployment")
             return
         if message.kind == "pane":
+            baseline = baseline_for(self.baselines, message.model)
             try:
-                pane = Pane.from_bytes(message.payload,
-                                       baseline_for(self.baselines, message.model))
+                pane = Pane.from_bytes(message.payload, baseline)
             except BaselineMismatch:
                 self._skip("other_baseline")
                 return
+            if len(pane.summaries) < len(baseline.features):  # one part of a large pane
+                whole = Pane.empty(message.index, baseline)
+                whole.merge(pane)
+                pane = whole
             self.sources.add_pane(message.source, message.model, message.index, pane)
         else:
             self.pending.extend(self.sources.heartbeat(message.source, message.watermark,
@@ -105,6 +115,8 @@ class EvaluatorStage:
     def on_window(self, result: WindowResult) -> None:
         self.metrics.pane_closed(result.model)
         self.metrics.window_judged(result.model, result.results)
+        if self.then is not None:
+            self.then(result)
 
     # -- commits -----------------------------------------------------------------------------
 
@@ -123,13 +135,14 @@ class EvaluatorStage:
                 producer.send(self.kafka.alerts_topic, key=event.key.encode(),
                               value=event.to_json(), timestamp_ms=event.window_end)
             for tp in self.partitions:
-                producer.send(self.kafka.state_topic, key=evaluator_key(self.group,
-                                                                        tp.partition),
-                              value=EvaluatorCheckpoint(positions[tp], snapshot).encode())
-            producer.send_offsets_to_transaction(
-                {tp: OffsetAndMetadata(p, "", -1) for tp, p in positions.items()},
-                self.consumer.group_metadata())
+                self.checkpoint_bytes = self.checkpoints.send(
+                    producer, evaluator_key(self.group, tp.partition),
+                    EvaluatorCheckpoint(positions[tp], snapshot).encode())
+            send_offsets(producer,
+                         {tp: OffsetAndMetadata(p, "", -1) for tp, p in positions.items()},
+                         self.consumer.group_metadata(), TXN_TIMEOUT_S)
         self.committed_positions = positions
+        self.committed_windows = self.sources.evaluator.windows
         for event in self.pending:
             self.metrics.event(event)
             on_event(event)
@@ -155,9 +168,14 @@ class EvaluatorStage:
                             exc)
                 self._skip("other_baseline")
             self.consumer.seek(tp, checkpoint.position)
+        # Skews raised before the restart or rebalance show at once, not at their next event.
+        self.metrics.evaluator_assigned(
+            (m.model, *key) for m in self.sources.evaluator.models.values()
+            for key, state in m.hysteresis.items() if state.active)
         self.sources.expect(self.expected())
         self.committed_positions = None
         self.windows_before = self.sources.evaluator.windows  # judged by earlier owners
+        self.committed_windows = self.windows_before
         log.info("evaluating %s", ", ".join(f"{tp.topic}/{tp.partition}" for tp in partitions))
 
     def revoke(self, producer: KafkaProducer, transaction: Any,
@@ -169,11 +187,14 @@ class EvaluatorStage:
         except Exception:
             log.warning("evaluator checkpoint on revoke failed", exc_info=True)
         self.release()
-        self.pending.clear()
+        self.metrics.evaluator_revoked()  # the next owner serves the scores from now on
 
     def release(self) -> None:
-        """Stop evaluating (revoked, or closing), counting the windows judged here."""
+        """Stop evaluating (revoked, closing, or a Kafka failure), counting the windows
+        judged and committed here; judged but uncommitted work is redone by the next owner
+        (or by this process once Kafka is back) and counted then."""
         if self.sources is not None:
-            self.windows += self.sources.evaluator.windows - self.windows_before
+            self.windows += self.committed_windows - self.windows_before
         self.sources = None
         self.partitions = set()
+        self.pending.clear()

@@ -425,7 +425,8 @@ def _tcp_open(port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def _broker_answers(bootstrap: str, timeout_s: float) -> bool:
+def _broker_answers(bootstrap: str, timeout_s: float,
+                    settings: dict[str, Any] | None = None) -> bool:
     """True once the broker answers a cluster-metadata request listing a broker."""
     from kafka import KafkaAdminClient  # imported lazily: keeps the CLI import cheap
 
@@ -436,6 +437,7 @@ def _broker_answers(bootstrap: str, timeout_s: float) -> bool:
             client_id="streamskew-local-kafka-probe",
             bootstrap_timeout_ms=ms,
             request_timeout_ms=ms,
+            **(settings or {}),
         )
     except Exception:
         return False
@@ -493,11 +495,15 @@ class LocalKafka:
         controller_port: int | None = None,
         *,
         version: str | None = None,
+        scram: tuple[str, str] | None = None,
+        sasl_port: int | None = None,
     ) -> None:
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {port}")
         self.port = port
         self.controller_port = controller_port
+        self.scram = scram  # (user, password): a SASL_PLAINTEXT listener with SCRAM users
+        self.sasl_port = sasl_port
         self._directory = Path(directory).expanduser().resolve() if directory else None
         self.version = version or default_kafka_version()
         self._proc: subprocess.Popen[bytes] | None = None
@@ -517,6 +523,11 @@ class LocalKafka:
     def bootstrap(self) -> str:
         """``"127.0.0.1:PORT"``."""
         return f"{HOST}:{self.port}"
+
+    @property
+    def sasl_bootstrap(self) -> str | None:
+        """``"127.0.0.1:SASL_PORT"`` of the SCRAM listener (None without ``scram``)."""
+        return f"{HOST}:{self.sasl_port}" if self.scram and self.sasl_port else None
 
     def _state_path(self) -> Path | None:
         d = self.directory
@@ -622,6 +633,14 @@ class LocalKafka:
                 )
             check_port_free(self.controller_port, what="Kafka controller")
 
+        if self.scram:
+            if self.sasl_port is None:
+                self.sasl_port = free_port()
+                while self.sasl_port in (self.port, self.controller_port):
+                    self.sasl_port = free_port()
+            else:
+                check_port_free(self.sasl_port, what="Kafka SASL")
+
         directory = self.directory
         assert directory is not None
         directory.mkdir(parents=True, exist_ok=True)
@@ -673,6 +692,7 @@ class LocalKafka:
             "version": self.version,
             "started_at": time.time(),
             "log": str(directory / SERVER_LOG),
+            "sasl_bootstrap": self.sasl_bootstrap,
             "cmd": cmd,
         }
         (directory / STATE_FILE).write_text(json.dumps(state, indent=2))
@@ -685,10 +705,42 @@ class LocalKafka:
         )
         try:
             self._wait_ready(deadline, timeout)
+            if self.scram:
+                self._add_scram_user(*self.scram)
         except BaseException:
             self._kill_now()
             raise
         return self.bootstrap
+
+    def _add_scram_user(self, user: str, password: str) -> None:
+        """Create (or reset) the SCRAM-SHA-256 and -512 credentials of ``user``, through the
+        PLAINTEXT listener (the broker has no authorizer: this is a development broker)."""
+        from kafka import KafkaAdminClient
+        from kafka.admin import ScramMechanism, UserScramCredentialUpsertion
+
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap)
+        try:
+            for mechanism in (ScramMechanism.SCRAM_SHA_256, ScramMechanism.SCRAM_SHA_512):
+                # One mechanism per request: Kafka refuses two alterations of one user.
+                errors = admin.alter_user_scram_credentials(
+                    [UserScramCredentialUpsertion(user, mechanism, password)])
+                failed = {name: error for name, error in (errors or {}).items() if error}
+                if failed:
+                    raise LocalKafkaError(f"could not create the SCRAM user {user!r}: {failed}")
+        finally:
+            admin.close()
+        # Credentials reach the SASL listener through the metadata log: wait until they work.
+        deadline = time.monotonic() + 30
+        while not _broker_answers(self.sasl_bootstrap or "", 5.0, self._sasl_settings()):
+            if time.monotonic() > deadline:
+                raise LocalKafkaError(f"the SCRAM listener {self.sasl_bootstrap} does not "
+                                      f"accept {user!r}\n{self._logs_tail()}")
+            time.sleep(0.2)  # poll interval while the broker applies the new credentials
+
+    def _sasl_settings(self) -> dict[str, Any]:
+        assert self.scram is not None
+        return {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "SCRAM-SHA-256",
+                "sasl_plain_username": self.scram[0], "sasl_plain_password": self.scram[1]}
 
     def _server_properties(self, data: Path) -> str:
         lines = [
@@ -696,10 +748,13 @@ class LocalKafka:
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.voters=1@{HOST}:{self.controller_port}",
-            f"listeners=PLAINTEXT://{HOST}:{self.port},CONTROLLER://{HOST}:{self.controller_port}",
-            f"advertised.listeners=PLAINTEXT://{HOST}:{self.port}",
+            f"listeners=PLAINTEXT://{HOST}:{self.port},CONTROLLER://{HOST}:{self.controller_port}"
+            + (f",SASL_PLAINTEXT://{HOST}:{self.sasl_port}" if self.scram else ""),
+            f"advertised.listeners=PLAINTEXT://{HOST}:{self.port}"
+            + (f",SASL_PLAINTEXT://{HOST}:{self.sasl_port}" if self.scram else ""),
             "controller.listener.names=CONTROLLER",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+            + (",SASL_PLAINTEXT:SASL_PLAINTEXT" if self.scram else ""),
             "inter.broker.listener.name=PLAINTEXT",
             f"log.dirs={data}",
             "num.partitions=1",
@@ -717,6 +772,13 @@ class LocalKafka:
             "num.recovery.threads.per.data.dir=1",
             "log.cleaner.dedupe.buffer.size=16777216",
         ]
+        if self.scram:  # clients authenticate with SCRAM; brokers talk over PLAINTEXT
+            login = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            lines += [
+                "sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512",
+                f"listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config={login}",
+                f"listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config={login}",
+            ]
         if _version_tuple(self.version) >= (4, 0):
             lines += [
                 "share.coordinator.state.topic.replication.factor=1",
@@ -855,16 +917,6 @@ class LocalKafka:
 # --------------------------------------------------------------------------- CLI
 
 
-def _setup_cli_logging() -> None:
-    logger = logging.getLogger(__name__)
-    if not any(getattr(h, "_streamskew_cli", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("local-kafka: %(message)s"))
-        handler._streamskew_cli = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-
-
 _port_option = click.option(
     "--port",
     type=click.IntRange(0, 65535),
@@ -887,7 +939,6 @@ def local_kafka() -> None:
 
     The jars are fetched once from Maven Central with `mvn` (needs Java 17+ and Maven).
     """
-    _setup_cli_logging()
 
 
 @local_kafka.command("start")
@@ -907,11 +958,42 @@ def local_kafka() -> None:
     help="Seconds to wait for the broker to answer.",
 )
 @click.option("--fresh", is_flag=True, help="Delete earlier data in the directory first.")
+@click.option(
+    "--scram",
+    metavar="USER:PASSWORD",
+    default=None,
+    help="Also listen with SASL_PLAINTEXT and SCRAM-SHA-256/512, with this user (to try "
+    "authentication locally).",
+)
+@click.option(
+    "--sasl-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Port of the SCRAM listener [default: a free port].",
+)
 def start_command(
-    port: int, directory: Path | None, controller_port: int | None, timeout: float, fresh: bool
+    port: int,
+    directory: Path | None,
+    controller_port: int | None,
+    timeout: float,
+    fresh: bool,
+    scram: str | None,
+    sasl_port: int | None,
 ) -> None:
     """Start the broker in the background and print its bootstrap address."""
-    kafka = LocalKafka(port=port, directory=directory, controller_port=controller_port)
+    credentials = None
+    if scram is not None:
+        user, sep, password = scram.partition(":")
+        if not (sep and user and password):
+            raise click.BadParameter("use USER:PASSWORD", param_hint="--scram")
+        credentials = (user, password)
+    kafka = LocalKafka(
+        port=port,
+        directory=directory,
+        controller_port=controller_port,
+        scram=credentials,
+        sasl_port=sasl_port,
+    )
     try:
         bootstrap = kafka.start(timeout=timeout, fresh=fresh)
     except LocalKafkaError as exc:
@@ -923,6 +1005,13 @@ def start_command(
         kafka.directory,
         kafka.port,
     )
+    if kafka.sasl_bootstrap:
+        log.info(
+            "SCRAM listener at %s: security_protocol = \"SASL_PLAINTEXT\", sasl_mechanism = "
+            "\"SCRAM-SHA-256\" (or -512), sasl_plain_username = %r",
+            kafka.sasl_bootstrap,
+            credentials[0] if credentials else "",
+        )
     click.echo(bootstrap)
 
 

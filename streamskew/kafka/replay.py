@@ -10,12 +10,13 @@ a replay yields the events (and event ids) a live run over the same records yiel
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from kafka import KafkaAdminClient, KafkaConsumer
+from kafka import KafkaConsumer
 from kafka import TopicPartition as TP
 
 from ..baseline import Baseline
@@ -25,10 +26,13 @@ from ..detector.evaluator import WindowResult
 from ..detector.events import SkewEvent
 from ..detector.sources import SourceCoordinator
 from ..records import BadRecord
-from .clients import admin_settings, consumer_settings
-from .topics import source_topics
+from .clients import consumer_settings
+from .failures import KafkaProblem, connect_admin
+from .topics import RetentionWatch, retention_ms, source_topics
 
 __all__ = ["ReplayResult", "replay"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -37,6 +41,7 @@ class ReplayResult:
     stats: BuilderStats = field(default_factory=BuilderStats)
     windows: int = 0
     records: int = 0
+    warnings: list[str] = field(default_factory=list)
 
 
 def _range_offsets(consumer: KafkaConsumer, partitions: list[TP], start_ms: int,
@@ -64,13 +69,16 @@ def replay(config: Config, baselines: Baseline | Mapping[str, Baseline], start_m
     from tqdm import tqdm
 
     models = {"default": baselines} if isinstance(baselines, Baseline) else dict(baselines)
-    admin = KafkaAdminClient(**admin_settings(config.kafka, bootstrap_servers))
+    admin = connect_admin(config.kafka, bootstrap_servers, "replay")
     try:
         topics = source_topics(config.kafka, admin.list_topics())
+        retention = RetentionWatch(retention_ms(admin, topics))
     finally:
         admin.close()
     if not topics:
-        raise RuntimeError("no source topic to replay: check [kafka] topics/topic_pattern")
+        wanted = config.kafka.topic_pattern or ", ".join(config.kafka.topics) or "(none)"
+        raise KafkaProblem(f"replay: no source topic to replay: [kafka] topics/topic_pattern "
+                           f"= {wanted}; check the config and --bootstrap-servers")
     settings = consumer_settings(config.kafka, bootstrap_servers, group_id=None)
     consumer = KafkaConsumer(**settings)
     result = ReplayResult()
@@ -97,12 +105,16 @@ def replay(config: Config, baselines: Baseline | Mapping[str, Baseline], start_m
                 batches = consumer.poll(timeout_ms=200)
                 if not batches:
                     if time.monotonic() > deadline:
-                        raise TimeoutError("replay: no records for 60 s; is the broker up?")
+                        raise KafkaProblem("replay: no records for 60 s; is the broker up?")
                     continue
                 deadline = time.monotonic() + 60
                 for tp, records in batches.items():
                     records = [r for r in records if r.offset < last[tp]]
                     if records:
+                        warning = retention.check(tp.topic, min(r.timestamp for r in records))
+                        if warning:
+                            log.warning("%s", warning)
+                            result.warnings.append(warning)
                         _emit(sources.add(_name(tp),
                                           [r.value if r.value is not None else b""
                                            for r in records],

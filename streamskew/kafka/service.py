@@ -29,10 +29,9 @@ SIGTERM/SIGINT finish the current batch, commit, and leave the group.
 
 from __future__ import annotations
 
+import contextlib
 import gc
-import itertools
 import logging
-import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -41,21 +40,30 @@ from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as TP
+from kafka.errors import KafkaError, ProducerFencedError
 
 from ..baseline import Baseline
 from ..config import Config
 from ..detector.builder import BuilderStats
+from ..detector.evaluator import WindowResult
 from ..detector.events import SkewEvent
 from .clients import admin_settings, consumer_settings, producer_settings
 from .evaluator_stage import EvaluatorStage
+from .failures import KafkaProblem, connect_admin, explain, is_transient
 from .metrics import Metrics, NullMetrics
+from .slots import Slot
 from .source_stage import SourceStage, dead_letter_headers, source_name
-from .state import builder_key, evaluator_key, read_latest
-from .topics import ensure_topics, internal_topics, source_topics
+from .state import CheckpointStore, builder_key, evaluator_key
+from .topics import RetentionWatch, ensure_topics, internal_topics, retention_ms, source_topics
+from .transactions import transaction
 
 __all__ = ["DetectorService", "ServiceStats", "dead_letter_headers", "source_name"]
 
 log = logging.getLogger(__name__)
+
+RETRY_FIRST_S = 1.0  # backoff after a transient Kafka failure, doubled up to RETRY_MAX_S
+RETRY_MAX_S = 30.0
+FENCED_LIMIT = 5  # fenced this many times in a row without a commit: someone else has our id
 
 # The evaluator's state (every pane of the open windows) is larger than a builder's and
 # changes only as panes arrive, so it is checkpointed every this many checkpoint intervals,
@@ -66,13 +74,17 @@ EVALUATOR_CHECKPOINT_EVERY = 10
 
 @dataclass
 class ServiceStats:
-    """What a run did (summed over the partitions this process owned)."""
+    """What a run did (summed over the partitions this process owned). Only committed work
+    counts, so records re-read after a failure are counted once."""
 
     builders: BuilderStats = field(default_factory=BuilderStats)
     events: list[SkewEvent] = field(default_factory=list)
     windows: int = 0
     dead_letters: int = 0
     transactions: int = 0
+    kafka_errors: dict[str, int] = field(default_factory=dict)  # waited out, by error
+    deleted_unread: dict[str, int] = field(default_factory=dict)  # by topic (retention)
+    warnings: list[str] = field(default_factory=list)  # said in the log; repeat at the end
 
 
 class DetectorService:
@@ -87,7 +99,8 @@ class DetectorService:
                  checkpoint_interval_s: float = 1.0, idle_timeout_s: float = 30.0,
                  on_event: Callable[[SkewEvent], None] | None = None,
                  metrics: Metrics | None = None, max_poll_records: int = 5000,
-                 worker: int = 0, clock: Callable[[], float] = time.monotonic) -> None:
+                 worker: int = 0, clock: Callable[[], float] = time.monotonic,
+                 on_window: Callable[[WindowResult], None] | None = None) -> None:
         self.config = config
         self.kafka = config.kafka
         self.baselines = ({"default": baselines} if isinstance(baselines, Baseline)
@@ -97,34 +110,44 @@ class DetectorService:
         self.checkpoint_interval_s = checkpoint_interval_s
         self.on_event = on_event
         self.metrics: Metrics = metrics if metrics is not None else NullMetrics()
+        self.metrics.use_baselines(self.baselines)  # bounds its model labels; baseline_info
         self.max_poll_records = max_poll_records
         self.worker = worker  # this process's number under `run --workers` (0 otherwise)
         self.clock = clock
         self.group = self.kafka.group_id
         self.stats = ServiceStats()
         self.expected_sources: set[str] = set()
+        self.checkpoints = CheckpointStore(self.kafka.state_topic, self.group)
         self.source_stage = SourceStage(config, self.baselines, self.metrics, clock,
-                                        until_end, idle_timeout_s)
+                                        until_end, idle_timeout_s, self.checkpoints)
         self.evaluator_stage = EvaluatorStage(config, self.baselines, self.metrics,
-                                              lambda: self.expected_sources)
+                                              lambda: self.expected_sources, self.checkpoints,
+                                              on_window)
         self.joined_sources = self.joined_evaluator = False
         self._evaluator_due = 0  # checkpoints since the evaluator's last commit
+        self._committed_since_failure = True
+        self.slot: Slot | None = None
+        self.transactional_id = ""
         self._topics_checked = 0.0  # when topic_pattern was last matched against the broker
 
     # -- setup -------------------------------------------------------------------------------
 
-    def _connect(self) -> None:
-        admin = KafkaAdminClient(**admin_settings(self.kafka, self.bootstrap))
+    def _connect(self, first: bool = True) -> None:
+        """Create the clients and subscribe. The first time, a broker that cannot be had is
+        a one-line KafkaProblem; later (after a failure) its errors are waited out."""
+        admin = (connect_admin(self.kafka, self.bootstrap, "run") if first
+                 else KafkaAdminClient(**admin_settings(self.kafka, self.bootstrap)))
         try:
             created = ensure_topics(admin, internal_topics(self.kafka))
             if created:
                 log.info("created topics %s", ", ".join(created))
             self.topics = source_topics(self.kafka, admin.list_topics())
+            self.source_stage.retention = RetentionWatch(retention_ms(admin, self.topics))
         finally:
             admin.close()
         if not self.topics:
             wanted = self.kafka.topic_pattern or ", ".join(self.kafka.topics) or "(none)"
-            raise RuntimeError(f"no source topic to read: [kafka] topics/topic_pattern = "
+            raise KafkaProblem(f"run: no source topic to read: [kafka] topics/topic_pattern = "
                                f"{wanted}; create the topic or fix the config")
         settings = consumer_settings(self.kafka, self.bootstrap)
         self.state_settings = {k: v for k, v in settings.items()
@@ -143,13 +166,11 @@ class DetectorService:
         # A transactional id that a restarted process reuses: init_transactions then fences
         # the dead one and aborts its open transaction at once, instead of leaving its
         # uncommitted offsets to block the partitions until the transaction times out.
-        transactional_id = self.kafka.client.get("transactional_id")
-        if transactional_id is None:
-            transactional_id = _instance_id(self.group, self.worker)
-        elif self.worker:  # one configured id, several worker processes: one id each
-            transactional_id = f"{transactional_id}-{self.worker}"
+        assert self.slot is not None
+        self.transactional_id = self.slot.transactional_id(
+            self.kafka.client.get("transactional_id"))
         self.producer = KafkaProducer(**producer_settings(
-            self.kafka, self.bootstrap, transactional_id=transactional_id, linger_ms=5))
+            self.kafka, self.bootstrap, transactional_id=self.transactional_id, linger_ms=5))
         self.producer.init_transactions()
         self.source_consumer.subscribe(self.topics, listener=_SourceListener(self))
         self._topics_checked = self.clock()
@@ -159,14 +180,84 @@ class DetectorService:
     # -- main loop ---------------------------------------------------------------------------
 
     def run(self, stop: Any = None) -> ServiceStats:
-        """Consume until ``stop`` (a threading.Event) is set, or the end with until_end."""
-        self._connect()
+        """Consume until ``stop`` (a threading.Event) is set, or the end with until_end.
+
+        Transient Kafka failures (broker down or paused, coordinator moved, this member
+        fenced out of its group) are logged and waited out with backoff; the service then
+        carries on from its last committed transaction. A failure the user must fix
+        (authentication, authorization, configuration) ends it as a KafkaProblem."""
+        self.slot = Slot.take(self.group)
         try:
+            self._connect()
             with _collecting_less():
-                self._loop(stop)
+                self._serve(stop)
         finally:
             self._close()
+            self.slot.release()
         return self.stats
+
+    def _serve(self, stop: Any) -> None:
+        failures = 0
+        while True:
+            try:
+                self._loop(stop)
+                return
+            except Exception as exc:
+                if not is_transient(exc):
+                    if isinstance(exc, KafkaError):
+                        raise explain(exc, self.kafka, self.bootstrap, "run") from exc
+                    raise
+                failures = 1 if self._committed_since_failure else failures + 1
+                if isinstance(exc, ProducerFencedError) and failures >= FENCED_LIMIT:
+                    raise KafkaProblem(
+                        f"run: another process keeps taking transactional id "
+                        f"{self.transactional_id!r}; give each deployment its own group_id "
+                        f"(or remove transactional_id from [kafka])") from exc
+                if not self._recover(exc, failures, stop):
+                    return
+
+    def _recover(self, exc: Exception, failures: int, stop: Any) -> bool:
+        """Drop uncommitted work and the clients, wait, reconnect (until it works or
+        ``stop``); False when stopped first."""
+        name = type(exc).__name__
+        self.stats.kafka_errors[name] = self.stats.kafka_errors.get(name, 0) + 1
+        self.metrics.kafka_error(name)
+        self._abandon()
+        delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (failures - 1))
+        log.warning("Kafka failed (%s: %s); carrying on from the last checkpoint, "
+                    "reconnecting in %.0fs", name, str(exc)[:300], delay)
+        while not _wait(stop, delay):
+            try:
+                self._connect(first=False)
+            except Exception as again:
+                if not is_transient(again):
+                    raise explain(again, self.kafka, self.bootstrap, "run") from again
+                self._abandon()
+                delay = min(RETRY_MAX_S, delay * 2)
+                log.warning("Kafka still unavailable (%s: %s); next try in %.0fs",
+                            type(again).__name__, str(again)[:200], delay)
+                continue
+            log.info("reconnected to Kafka; resuming from the last checkpoint")
+            self._committed_since_failure = False
+            return True
+        return False
+
+    def _abandon(self) -> None:
+        """Forget uncommitted work (it is redone from the checkpoints) and close the clients
+        without committing anything."""
+        self.stats.builders.merge(self.source_stage.release())
+        self.source_stage.stats = BuilderStats()
+        self.evaluator_stage.release()
+        self.joined_sources = self.joined_evaluator = False
+        for client in ("source_consumer", "panes_consumer"):
+            consumer = self.__dict__.pop(client, None)
+            if consumer is not None:
+                with contextlib.suppress(Exception):
+                    consumer.close(autocommit=False, timeout_ms=1000)
+        producer = self.__dict__.pop("producer", None)
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                producer.close(timeout=1)
 
     def _loop(self, stop: Any) -> None:
         last_checkpoint = self.clock()
@@ -219,12 +310,13 @@ class DetectorService:
         """Commit stage 1 (panes, dead letters, builder state, source offsets), then stage 2
         (alerts, evaluator state, panes offsets), each in its own transaction. Stage 2 waits
         for alerts or for EVALUATOR_CHECKPOINT_EVERY checkpoints, unless ``force``."""
-        if self.source_stage.commit(self.producer, _transaction):
+        if self.source_stage.commit(self.producer, transaction):
             self.stats.transactions += 1
+            self._committed_since_failure = True
         self._evaluator_due += 1
         if force or self.evaluator_stage.pending \
                 or self._evaluator_due >= EVALUATOR_CHECKPOINT_EVERY:
-            if self.evaluator_stage.commit(self.producer, _transaction, self._published):
+            if self.evaluator_stage.commit(self.producer, transaction, self._published):
                 self.stats.transactions += 1
             self._evaluator_due = 0
         self.source_stage.report()
@@ -238,19 +330,17 @@ class DetectorService:
 
     def assign_sources(self, partitions: list[TP]) -> None:
         keys = {builder_key(self.group, tp.topic, tp.partition) for tp in partitions}
-        saved = read_latest(self.state_settings, self.kafka.state_topic, keys)
-        self.source_stage.assign(partitions, saved)
+        self.source_stage.assign(partitions, self.checkpoints.read(self.state_settings, keys))
 
     def revoke_sources(self, partitions: list[TP]) -> None:
-        self.source_stage.revoke(partitions, self.producer, _transaction)
+        self.source_stage.revoke(partitions, self.producer, transaction)
 
     def assign_evaluator(self, partitions: list[TP]) -> None:
         keys = {evaluator_key(self.group, tp.partition) for tp in partitions}
-        saved = read_latest(self.state_settings, self.kafka.state_topic, keys)
-        self.evaluator_stage.assign(partitions, saved)
+        self.evaluator_stage.assign(partitions, self.checkpoints.read(self.state_settings, keys))
 
     def revoke_evaluator(self) -> None:
-        self.evaluator_stage.revoke(self.producer, _transaction, self._published)
+        self.evaluator_stage.revoke(self.producer, transaction, self._published)
 
     # -- the end -----------------------------------------------------------------------------
 
@@ -275,22 +365,24 @@ class DetectorService:
         self.evaluator_stage.release()
         self.stats.windows = self.evaluator_stage.windows
         self.stats.dead_letters = self.source_stage.dead_letters
-        for closer in (self.source_consumer.close, self.panes_consumer.close,
-                       self.producer.close):
+        self.stats.deleted_unread = dict(self.source_stage.deleted_unread)
+        self.stats.warnings = list(self.source_stage.warnings)
+        for client in ("source_consumer", "panes_consumer", "producer"):
+            closer = getattr(self.__dict__.get(client), "close", None)
+            if closer is None:
+                continue
             try:
                 closer()
             except Exception:  # closing is best effort; the work is committed
                 log.debug("close failed", exc_info=True)
 
 
-_INSTANCES = itertools.count()
-
-
-def _instance_id(group: str, worker: int = 0) -> str:
-    """Stable across restarts of the same host and slot (hostname, e.g. the pod name, the
-    worker process number, and the number of the service within that process), unique
-    among concurrent services."""
-    return f"streamskew-{group}-{socket.gethostname()}-{worker}-{next(_INSTANCES)}"
+def _wait(stop: Any, seconds: float) -> bool:
+    """Sleep ``seconds`` unless ``stop`` is set meanwhile; True when stopped."""
+    if stop is None:
+        time.sleep(seconds)
+        return False
+    return bool(stop.wait(seconds))
 
 
 @contextmanager
@@ -309,21 +401,6 @@ def _collecting_less() -> Iterator[None]:
     finally:
         gc.set_threshold(*before)
         gc.unfreeze()
-
-
-@contextmanager
-def _transaction(producer: KafkaProducer) -> Iterator[None]:
-    """Everything sent inside commits together, or is aborted (and the error re-raised)."""
-    producer.begin_transaction()
-    try:
-        yield
-        producer.commit_transaction()
-    except Exception:
-        try:
-            producer.abort_transaction()
-        except Exception:
-            log.debug("abort failed", exc_info=True)
-        raise
 
 
 class _SourceListener(ConsumerRebalanceListener):

@@ -10,6 +10,8 @@ and told to the evaluator as a flag on the heartbeat: the engine itself reads no
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -22,14 +24,20 @@ from kafka.structs import OffsetAndMetadata
 from ..baseline import Baseline
 from ..config import Config
 from ..detector.builder import BuilderStats, PaneBuilder, SealedPane
-from ..detector.window import BaselineMismatch
+from ..detector.window import BaselineMismatch, Pane
 from ..records import NO_TIME, BadRecord
 from .metrics import Metrics
-from .state import BuilderCheckpoint, PaneMessage, builder_key
+from .state import BuilderCheckpoint, CheckpointStore, PaneMessage, builder_key
+from .topics import RetentionWatch
+from .transactions import TXN_TIMEOUT_S, send_offsets
 
-__all__ = ["SourceStage", "dead_letter_headers", "source_name"]
+__all__ = ["SourceStage", "dead_letter", "dead_letter_headers", "source_name"]
 
 log = logging.getLogger(__name__)
+
+# A dead letter keeps at most this much of the original record: with its headers it stays
+# under Kafka's default 1 MiB message limit (the original keeps its offset in its topic).
+DEAD_LETTER_MAX_BYTES = 512 * 1024
 
 
 def source_name(tp: TP) -> str:
@@ -43,6 +51,38 @@ def dead_letter_headers(record: BadRecord, tp: TP, offset: int) -> list[tuple[st
             ("streamskew.source.topic", tp.topic.encode()),
             ("streamskew.source.partition", str(tp.partition).encode()),
             ("streamskew.source.offset", str(offset).encode())]
+
+
+def dead_letter(record: BadRecord, tp: TP, max_bytes: int
+                ) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """The dead letter's value and headers. A record larger than ``max_bytes`` keeps its
+    first ``max_bytes`` bytes; the headers then carry its original size and SHA-256, so a
+    dead letter never exceeds what the broker accepts (the original is still in its topic,
+    at the offset the headers name)."""
+    headers = dead_letter_headers(record, tp, record.position)
+    value = record.raw
+    if len(value) > max_bytes:
+        headers += [("streamskew.truncated", b"true"),
+                    ("streamskew.original_size", str(len(value)).encode()),
+                    ("streamskew.original_sha256", hashlib.sha256(value).hexdigest().encode())]
+        value = value[:max_bytes]
+    return value, headers
+
+
+def pane_parts(pane: Pane, max_bytes: int) -> list[bytes]:
+    """A pane's bytes, split by feature into partial panes of at most ``max_bytes`` each
+    when it is larger (a model with many features). Partial panes merge like any others:
+    the record count and new-feature counts travel with the first part only."""
+    whole = pane.to_bytes()
+    if len(whole) <= max_bytes or len(pane.summaries) < 2:
+        return [whole]
+    names = list(pane.summaries)
+    half = len(names) // 2
+    first = Pane(pane.index, pane.records, {n: pane.summaries[n] for n in names[:half]},
+                 pane.new_features, pane.baseline_id)
+    second = Pane(pane.index, 0, {n: pane.summaries[n] for n in names[half:]}, {},
+                  pane.baseline_id)
+    return pane_parts(first, max_bytes) + pane_parts(second, max_bytes)
 
 
 class _Source:
@@ -60,13 +100,15 @@ class _Source:
         self.reported_late = 0
         self.panes: list[SealedPane] = []  # sealed, not committed yet
         self.dead: list[BadRecord] = []  # dead letters (position = offset), not committed yet
+        self.committed = BuilderStats()  # the builder's counters at its last commit
 
 
 class SourceStage:
     """The builders of this process's source partitions (see the module docs)."""
 
     def __init__(self, config: Config, baselines: Mapping[str, Baseline], metrics: Metrics,
-                 clock: Callable[[], float], until_end: bool, idle_timeout_s: float) -> None:
+                 clock: Callable[[], float], until_end: bool, idle_timeout_s: float,
+                 checkpoints: CheckpointStore) -> None:
         self.config = config
         self.kafka = config.kafka
         self.group = config.kafka.group_id
@@ -79,6 +121,12 @@ class SourceStage:
         self.sources: dict[TP, _Source] = {}
         self.targets: dict[TP, int] = {}  # until_end: the end offsets seen at start
         self.stats = BuilderStats()  # of partitions no longer owned
+        self.dead_letter_max_bytes = DEAD_LETTER_MAX_BYTES
+        self.checkpoints = checkpoints
+        self.checkpoint_bytes: dict[str, int] = {}  # stored size of each source's checkpoint
+        self.retention: RetentionWatch | None = None  # set by the service once connected
+        self.deleted_unread: dict[str, int] = {}  # records deleted before read, by topic
+        self.warnings: list[str] = []  # what the run should tell at its end
         self.dead_letters = 0
         self.skipped_checkpoints = 0  # built against another baseline
 
@@ -88,6 +136,12 @@ class SourceStage:
         source = self.sources.get(tp)
         if source is None or not records:
             return
+        if source.position is not None and records[0].offset > source.position + 1:
+            self._check_deleted(source, source.position)
+        if self.retention is not None:
+            warning = self.retention.check(tp.topic, min(r.timestamp for r in records))
+            if warning:
+                self._warn(warning)
         source.position = records[-1].offset + 1
         source.dirty = True
         if source.final:  # already sealed for good (until_end): nothing more to fold
@@ -98,7 +152,6 @@ class SourceStage:
             values, timestamps=[r.timestamp for r in records],
             ids=[r.offset for r in records]))
         source.last_record = self.clock()
-        self.metrics.records(tp.topic, len(records))
 
     def follow_positions(self) -> None:
         """Take the consumer's fetch position as each source's position. It is past every
@@ -109,6 +162,8 @@ class SourceStage:
         for source in self.sources.values():
             position = self._fetch_position(source.tp)
             if position is not None and position != source.position:
+                if source.position is not None and position > source.position + 1:
+                    self._check_deleted(source, source.position)
                 source.position = position
                 source.dirty = True
             if self.until_end and not source.final:
@@ -117,6 +172,30 @@ class SourceStage:
                         and source.position >= target:
                     source.panes.extend(source.builder.seal_all())
                     source.final = source.dirty = True
+
+    def _check_deleted(self, source: _Source, expected: int) -> None:
+        """Offsets skipped from ``expected`` on: records the broker deleted (retention)
+        before they were read, if its low watermark is now past them. A gap of one offset
+        is a transaction marker, and is not looked at."""
+        assert self.consumer is not None
+        try:
+            low = self.consumer.beginning_offsets([source.tp])[source.tp]
+        except Exception:  # cannot tell now; the next gap asks again
+            log.debug("beginning_offsets failed", exc_info=True)
+            return
+        if low is None or low <= expected:
+            return
+        lost = low - expected
+        topic = source.tp.topic
+        self.deleted_unread[topic] = self.deleted_unread.get(topic, 0) + lost
+        self.metrics.deleted_unread(topic, lost)
+        self._warn(f"{source.name}: {lost:,} records (offsets {expected:,}..{low - 1:,}) were "
+                   f"deleted by the broker before they were read (retention.ms of {topic}); "
+                   "they are not judged")
+
+    def _warn(self, sentence: str) -> None:
+        log.warning("%s", sentence)
+        self.warnings.append(sentence)
 
     def _fetch_position(self, tp: TP) -> int | None:
         """The consumer's position for ``tp``, or None while it has none yet. Never blocks:
@@ -146,32 +225,38 @@ class SourceStage:
             offsets = {}
             for source, (watermark, idle, final) in due:
                 for sealed in source.panes:
-                    producer.send(self.kafka.panes_topic, key=sealed.model.encode(),
-                                  value=PaneMessage("pane", source.name, self.group,
-                                                    model=sealed.model, index=sealed.index,
-                                                    baseline=sealed.pane.baseline_id,
-                                                    payload=sealed.pane.to_bytes()).encode())
+                    for payload in pane_parts(sealed.pane, self.checkpoints.part_bytes):
+                        producer.send(self.kafka.panes_topic, key=sealed.model.encode(),
+                                      value=PaneMessage("pane", source.name, self.group,
+                                                        model=sealed.model, index=sealed.index,
+                                                        baseline=sealed.pane.baseline_id,
+                                                        payload=payload).encode())
                 for record in source.dead:
-                    producer.send(self.kafka.dlq_topic, key=None, value=record.raw,
-                                  headers=dead_letter_headers(record, source.tp,
-                                                              record.position))
+                    value, headers = dead_letter(record, source.tp, self.dead_letter_max_bytes)
+                    producer.send(self.kafka.dlq_topic, key=None, value=value, headers=headers)
                 # Every panes partition's evaluator needs every source's watermark.
                 beat = PaneMessage("watermark", source.name, self.group, watermark=watermark,
                                    idle=idle, final=final).encode()
                 for partition in panes_partitions:
                     producer.send(self.kafka.panes_topic, partition=partition, key=None,
                                   value=beat)
-                producer.send(self.kafka.state_topic,
-                              key=builder_key(self.group, source.tp.topic, source.tp.partition),
-                              value=BuilderCheckpoint(source.position, source.final,
-                                                      source.builder.state_bytes()).encode())
+                self.checkpoint_bytes[source.name] = self.checkpoints.send(
+                    producer, builder_key(self.group, source.tp.topic, source.tp.partition),
+                    BuilderCheckpoint(source.position, source.final,
+                                      source.builder.state_bytes()).encode())
                 if source.position is not None:
                     offsets[source.tp] = OffsetAndMetadata(source.position, "", -1)
             if offsets:
-                producer.send_offsets_to_transaction(offsets, self.consumer.group_metadata())
+                send_offsets(producer, offsets, self.consumer.group_metadata(), TXN_TIMEOUT_S)
         for source, beat in due:
+            # Counted once committed: work redone after a failure is not counted twice.
+            self.metrics.records(source.tp.topic,
+                                 source.builder.stats.records - source.committed.records)
+            source.committed = copy.deepcopy(source.builder.stats)
             for record in source.dead:
                 self.metrics.bad_record(source.tp.topic, record.reason)
+            for sealed in source.panes:
+                self.metrics.model_records(sealed.model, sealed.pane.records)
             self.dead_letters += len(source.dead)
             source.panes, source.dead = [], []
             source.dirty = False
@@ -228,6 +313,8 @@ class SourceStage:
                     source.builder = PaneBuilder(self.config, self.baselines)
                 source.final = checkpoint.final
                 source.position = checkpoint.position  # not new, so not dirty
+                if checkpoint.position is not None:
+                    self._check_deleted(source, checkpoint.position)
                 # Continue exactly where the checkpoint was taken. The committed offset says
                 # the same (same transaction), but reading it fails or falls back to the
                 # reset policy while a dead replica's transaction still holds pending offsets.
@@ -245,7 +332,7 @@ class SourceStage:
             log.warning("checkpoint on revoke failed; the new owner resumes from the last one",
                         exc_info=True)
         for tp in revoked:
-            self.stats.merge(self.sources.pop(tp).builder.stats)
+            self.stats.merge(self.sources.pop(tp).committed)
             self.metrics.forget_partition(tp.topic, tp.partition)
         if revoked:
             log.info("revoked %s", ", ".join(map(source_name, sorted(revoked))))
@@ -264,8 +351,10 @@ class SourceStage:
                    for s in self.sources.values())
 
     def release(self) -> BuilderStats:
-        """Forget every source (all committed); returns the record counters of the run."""
+        """Forget every source; returns the record counters of the run. Only committed
+        work counts: what was not committed is redone by the next owner (or by this process
+        after a Kafka failure) and counted then."""
         for source in self.sources.values():
-            self.stats.merge(source.builder.stats)
+            self.stats.merge(source.committed)
         self.sources.clear()
         return self.stats

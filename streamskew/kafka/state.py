@@ -8,6 +8,13 @@ transaction as the offsets they correspond to, so a restored checkpoint always m
 committed position. A checkpoint value is a JSON header line (the consumer position it
 belongs to, ...) followed by the engine's own snapshot bytes.
 
+State can be far larger than a Kafka record may be (1 MiB by default; an evaluator judging
+120 models holds ~10 MB), so :class:`CheckpointStore` writes each checkpoint zlib-compressed
+in parts of at most ``part_bytes``: a small manifest under the key (parts, size, SHA-256, the
+deployment) and the parts under ``<key>/part/<i>``, all in the same transaction; parts left
+over from a larger earlier checkpoint are deleted (tombstones), so compaction keeps exactly
+one checkpoint per key.
+
 **Panes-topic records** hand sealed panes and watermarks from the source stage to the
 evaluator stage: a JSON header line (kind ``pane`` or ``watermark``, the source partition,
 the deployment's group and, for panes, the model, pane index and baseline id), then the
@@ -16,15 +23,24 @@ pane's bytes for kind ``pane``.
 
 from __future__ import annotations
 
+import hashlib
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from kafka import KafkaConsumer, TopicPartition
 
-__all__ = ["BuilderCheckpoint", "EvaluatorCheckpoint", "PaneMessage", "builder_key",
-           "evaluator_key", "read_latest"]
+__all__ = ["BuilderCheckpoint", "CheckpointError", "CheckpointStore", "EvaluatorCheckpoint",
+           "PaneMessage", "builder_key", "evaluator_key", "read_latest"]
+
+CHECKPOINT_FORMAT = "streamskew.checkpoint/v2"
+PART_BYTES = 512 * 1024  # far under Kafka's default 1 MiB record limit, headers included
+
+
+class CheckpointError(ValueError):
+    """A stored checkpoint is incomplete or damaged."""
 
 
 def builder_key(group: str, topic: str, partition: int) -> bytes:
@@ -112,9 +128,71 @@ class PaneMessage:
             raise ValueError(f"not a streamskew panes record ({exc!r})") from None
 
 
+class CheckpointStore:
+    """Writes and reads checkpoints of any size in parts (see the module docs)."""
+
+    def __init__(self, topic: str, group: str, part_bytes: int = PART_BYTES) -> None:
+        self.topic = topic
+        self.group = group
+        self.part_bytes = part_bytes
+        self.parts: dict[bytes, int] = {}  # parts last written (or read) per key
+
+    def send(self, producer: Any, key: bytes, value: bytes) -> int:
+        """Send one checkpoint (inside the caller's transaction); returns its stored size."""
+        body = zlib.compress(value, 1)
+        parts = [body[i:i + self.part_bytes] for i in range(0, len(body), self.part_bytes)]
+        manifest = orjson.dumps({"format": CHECKPOINT_FORMAT, "group": self.group,
+                                 "parts": len(parts), "size": len(value),
+                                 "sha256": hashlib.sha256(value).hexdigest()})
+        producer.send(self.topic, key=key, value=manifest)
+        for i, part in enumerate(parts):
+            producer.send(self.topic, key=_part_key(key, i), value=part)
+        for i in range(len(parts), self.parts.get(key, 0)):
+            producer.send(self.topic, key=_part_key(key, i), value=None)
+        self.parts[key] = len(parts)
+        return len(manifest) + len(body)
+
+    def read(self, settings: dict[str, Any], keys: set[bytes],
+             timeout_s: float = 30.0) -> dict[bytes, bytes]:
+        """The latest committed checkpoint of each key in ``keys`` that has one."""
+        stored = read_latest(settings, self.topic, keys, timeout_s,
+                             prefixes=tuple(key + b"/part/" for key in keys))
+        found = {}
+        for key in keys:
+            value = stored.get(key)
+            if value is not None:
+                found[key] = self._assemble(key, value, stored)
+        return found
+
+    def _assemble(self, key: bytes, value: bytes, stored: dict[bytes, bytes]) -> bytes:
+        if not value.startswith(b'{"format":'):
+            return value  # written in one record by an earlier version
+        manifest = orjson.loads(value)
+        if manifest.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{key.decode()}: unknown checkpoint format "
+                                  f"{manifest.get('format')!r} (written by a newer version?)")
+        count = manifest["parts"]
+        self.parts[key] = count
+        try:
+            body = b"".join(stored[_part_key(key, i)] for i in range(count))
+            data = zlib.decompress(body)
+        except (KeyError, zlib.error) as exc:
+            raise CheckpointError(f"{key.decode()}: checkpoint parts missing or damaged "
+                                  f"({exc!r})") from None
+        if hashlib.sha256(data).hexdigest() != manifest["sha256"]:
+            raise CheckpointError(f"{key.decode()}: checkpoint does not match its hash")
+        return data
+
+
+def _part_key(key: bytes, index: int) -> bytes:
+    return key + b"/part/" + str(index).encode()
+
+
 def read_latest(settings: dict[str, Any], topic: str, keys: set[bytes],
-                timeout_s: float = 30.0) -> dict[bytes, bytes]:
-    """The latest committed value of each key in ``keys`` (absent keys are left out)."""
+                timeout_s: float = 30.0, prefixes: tuple[bytes, ...] = ()
+                ) -> dict[bytes, bytes]:
+    """The latest committed value of each key in ``keys``, and of every key that starts
+    with one of ``prefixes`` (absent and deleted keys are left out)."""
     consumer = KafkaConsumer(**{**settings, "group_id": None, "enable_auto_commit": False,
                                 "isolation_level": "read_committed"})
     try:
@@ -132,11 +210,12 @@ def read_latest(settings: dict[str, Any], topic: str, keys: set[bytes],
                 raise TimeoutError(f"reading checkpoints from {topic} took over {timeout_s}s")
             for records in consumer.poll(timeout_ms=200).values():
                 for record in records:
-                    if record.key in keys:
+                    key = record.key
+                    if key is not None and (key in keys or key.startswith(prefixes)):
                         if record.value is None:
-                            found.pop(record.key, None)
+                            found.pop(key, None)
                         else:
-                            found[record.key] = record.value
+                            found[key] = record.value
         return found
     finally:
         consumer.close()

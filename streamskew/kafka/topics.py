@@ -5,13 +5,15 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from kafka import KafkaAdminClient
 from kafka.errors import TopicAlreadyExistsError
 
 from ..config import KafkaConfig
 
-__all__ = ["TopicSpec", "ensure_topics", "internal_topics", "source_topics", "topic_regex"]
+__all__ = ["RetentionWatch", "TopicSpec", "ensure_topics", "internal_topics", "retention_ms",
+           "source_topics", "topic_regex"]
 
 ALERTS_BYTES = 1024**3  # per partition
 DAY_MS = 86_400_000
@@ -89,3 +91,57 @@ def topic_regex(kafka: KafkaConfig) -> str:
     own = sorted({kafka.alerts_topic, kafka.dlq_topic, kafka.panes_topic, kafka.state_topic})
     excluded = "|".join(map(re.escape, own))
     return rf"(?!__)(?!(?:{excluded})\Z)(?:{kafka.topic_pattern})\Z"
+
+
+DEFAULT_RETENTION_MS = 7 * DAY_MS  # Kafka's log.retention.hours default (168)
+
+
+def retention_ms(admin: KafkaAdminClient, topics: Iterable[str]) -> dict[str, int | None]:
+    """Each topic's time-based retention (None: kept for ever). A topic without a
+    ``retention.ms`` of its own is taken to have Kafka's default, 7 days (kafka-python does
+    not report a broker's defaults)."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    names = list(topics)
+    if not names:
+        return {}
+    try:
+        found = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)
+                                        for name in names]).get("topic", {})
+    except Exception:  # not allowed to describe configs: assume the default
+        found = {}
+    result: dict[str, int | None] = {}
+    for name in names:
+        value = (found.get(name) or {}).get("retention.ms", {}).get("value")
+        ms = int(value) if value is not None else DEFAULT_RETENTION_MS
+        result[name] = None if ms < 0 else ms
+    return result
+
+
+class RetentionWatch:
+    """Says, once per topic, when records are older than the topic keeps records: the broker
+    deletes such records at its next retention check (every 5 minutes by default), possibly
+    before they are read, and a backfill then silently judges nothing."""
+
+    def __init__(self, retention: dict[str, int | None], clock: Any = None) -> None:
+        import time
+
+        self.retention = retention
+        self.clock = clock or time.time
+        self.warned: dict[str, str] = {}  # topic -> the sentence
+
+    def check(self, topic: str, oldest_timestamp_ms: int) -> str | None:
+        keep = self.retention.get(topic)
+        if keep is None or topic in self.warned:
+            return None
+        now_ms = int(self.clock() * 1000)
+        if oldest_timestamp_ms >= now_ms - keep:
+            return None
+        age_days = (now_ms - oldest_timestamp_ms) / DAY_MS
+        sentence = (f"topic {topic} holds records stamped {age_days:.0f} days ago, older than "
+                    f"its retention.ms ({keep / DAY_MS:g} days): the broker deletes them at "
+                    "its next retention check, possibly before they are read; for a backfill "
+                    "create the topic with retention.ms=-1 (see the README, 'Replaying "
+                    "history')")
+        self.warned[topic] = sentence
+        return sentence

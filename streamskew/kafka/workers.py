@@ -13,7 +13,7 @@ The parent only supervises: it relays each worker's alerts to ``on_event`` as th
 published, stops every worker when it is told to stop or when one of them fails, and sums
 their statistics. Each worker has its own transactional id (``worker`` number in it), so a
 restarted worker fences exactly its own predecessor. With a metrics port, worker ``i``
-serves its own metrics on ``port + i``; scrape them all (Prometheus sums over targets).
+serves its own metrics on ``host:port + i``; scrape them all (Prometheus sums over targets).
 
 More workers than CPU cores, or than source partitions, only adds rebalancing: a member
 without partitions has nothing to do.
@@ -35,6 +35,8 @@ from typing import Any
 from ..baseline import Baseline
 from ..config import Config
 from ..detector.events import SkewEvent
+from ..errors import StreamskewError
+from .metrics import DEFAULT_HOST
 from .service import DetectorService, ServiceStats
 
 __all__ = ["WorkerError", "run_workers"]
@@ -44,7 +46,7 @@ log = logging.getLogger(__name__)
 POLL_S = 0.2  # how often the parent looks at its stop flag and at dead workers
 
 
-class WorkerError(RuntimeError):
+class WorkerError(StreamskewError, RuntimeError):
     """A worker process failed; the others were stopped."""
 
 
@@ -59,12 +61,15 @@ class _Job:
     checkpoint_interval_s: float
     max_poll_records: int
     metrics_port: int | None
+    metrics_host: str
+    log_settings: dict[str, Any]  # the parent's logging, repeated in each worker
 
 
 def run_workers(config: Config, baselines: Baseline | Mapping[str, Baseline], workers: int,
                 stop: threading.Event | None = None, *, bootstrap_servers: str | None = None,
                 until_end: bool = False, checkpoint_interval_s: float = 1.0,
                 max_poll_records: int = 5000, metrics_port: int | None = None,
+                metrics_host: str = DEFAULT_HOST,
                 on_event: Callable[[SkewEvent], None] | None = None,
                 on_metrics: Callable[[int, int], None] | None = None) -> ServiceStats:
     """Run ``workers`` detector processes until ``stop`` is set, or, with ``until_end``, until
@@ -75,8 +80,10 @@ def run_workers(config: Config, baselines: Baseline | Mapping[str, Baseline], wo
     """
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
+    from .. import logs
+
     job = _Job(config, baselines, bootstrap_servers, until_end, checkpoint_interval_s,
-               max_poll_records, metrics_port)
+               max_poll_records, metrics_port, metrics_host, logs.settings())
     context = multiprocessing.get_context("spawn")
     halt = context.Event()
     messages: Any = context.Queue()
@@ -137,6 +144,11 @@ def _add(total: ServiceStats, part: ServiceStats) -> None:
     total.windows += part.windows
     total.dead_letters += part.dead_letters
     total.transactions += part.transactions
+    for mine, theirs in ((total.kafka_errors, part.kafka_errors),
+                         (total.deleted_unread, part.deleted_unread)):
+        for key, count in theirs.items():
+            mine[key] = mine.get(key, 0) + count
+    total.warnings.extend(w for w in part.warnings if w not in total.warnings)
 
 
 def _worker_main(index: int, job: _Job, halt: Any, messages: Any) -> None:
@@ -146,21 +158,29 @@ def _worker_main(index: int, job: _Job, halt: Any, messages: Any) -> None:
         signal.signal(sig, lambda *_: halt.set())
     threading.Thread(target=_stop_when_orphaned, args=(os.getppid(), halt), daemon=True,
                      name="streamskew-orphan-watch").start()
+    from .. import logs
+    from ..verdict import WindowWatch
+
+    if job.log_settings:
+        logs.configure(**job.log_settings)
     metrics = None
     try:
         if job.metrics_port is not None:
             from .metrics import ServiceMetrics
 
-            metrics = ServiceMetrics(job.metrics_port + index if job.metrics_port else 0)
+            metrics = ServiceMetrics(job.metrics_port + index if job.metrics_port else 0,
+                                     job.metrics_host)
             messages.put(("metrics", index, metrics.start()))
         service = DetectorService(
             job.config, job.baselines, bootstrap_servers=job.bootstrap_servers,
             until_end=job.until_end, checkpoint_interval_s=job.checkpoint_interval_s,
             on_event=lambda event: messages.put(("event", index, event)), metrics=metrics,
-            max_poll_records=job.max_poll_records, worker=index)
+            max_poll_records=job.max_poll_records, worker=index,
+            on_window=WindowWatch(announce=True).on_window)
         stats = service.run(halt)
     except BaseException as exc:  # reported, then this worker exits non-zero
-        messages.put(("error", index, f"{type(exc).__name__}: {exc}"))
+        said = str(exc) if isinstance(exc, StreamskewError) else f"{type(exc).__name__}: {exc}"
+        messages.put(("error", index, said))
         raise SystemExit(1) from None
     finally:
         if metrics is not None:
