@@ -10,6 +10,13 @@ too). Both sides are timed interleaved in one process; see benchmarks/_common.py
 
 The last line printed is ``ratio_vs_kll=<x>``: streamskew updates/s / KLL updates/s on the
 realistic "mixture" row.
+
+The ``joint`` rows: a pane of 8 correlated numeric features through the engine's ``fold``
+(each feature's kernel, which also writes the bin slots, then the joint check's kernel: the
+PCA reconstruction error of every record and its own numeric summary), against KLL updates
+of the same 8 columns; once with the joint check on, once with it off (a baseline built
+with ``[detect] joint = false``). Their difference is the joint check's cost per record and
+feature, printed as ``joint_ns_per_record_feature=<x>``.
 """
 
 from __future__ import annotations
@@ -32,7 +39,11 @@ from _common import (
     text_table,
 )
 
+from streamskew import Config
 from streamskew.baseline import Baseline
+from streamskew.detector.builder import fold
+from streamskew.detector.window import Pane
+from streamskew.records import NO_TIME, Columns
 
 HEADLINE = "mixture"
 KLL_K = 200
@@ -66,6 +77,63 @@ DISTRIBUTIONS: dict[str, tuple[str, Callable[[np.random.Generator, int], np.ndar
     "narrow: 1000 +- 0.001": ("normal(1000, 0.001): all bin edges in one quantile bucket",
                lambda rng, n: rng.normal(1000.0, 0.001, n)),
 }
+
+
+JOINT_FEATURES = 8
+
+
+def _joint_table(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    """8 features on 3 latent factors (so a PCA has structure to find), mixture-like
+    marginals, 1% missing each."""
+    latent = rng.normal(size=(n, 3))
+    mixing = np.random.default_rng(99).normal(size=(3, JOINT_FEATURES))
+    values = latent @ mixing + rng.normal(scale=0.5, size=(n, JOINT_FEATURES))
+    columns = {}
+    for j in range(JOINT_FEATURES):
+        column = np.exp(values[:, j] / 2) * (10 if j % 2 else 1)  # skewed, like amounts
+        column[rng.random(n) < 0.01] = np.nan
+        columns[f"f{j}"] = column
+    return columns
+
+
+def _joint_rows(n_values: int, rounds: int) -> tuple[list[list[str]], float, float]:
+    """Rows for the joint check on and off; returns them, the on-ratio and the ns per
+    record and feature the joint check adds."""
+    n = n_values // JOINT_FEATURES
+    training = _joint_table(np.random.default_rng(2000), SAMPLE)
+    lists = {k: [None if np.isnan(v) else float(v) for v in col] for k, col in training.items()}
+    serving = _joint_table(np.random.default_rng(2001), n)
+    columns = Columns(count=n, positions=np.arange(n), timestamps=np.full(n, NO_TIME),
+                      models=None, numeric=serving, categorical={})
+    rows, ratios, medians = [], {}, {}
+    for label, joint in (("on", True), ("off", False)):
+        baseline = Baseline.from_columns(lists, Config.from_dict({"detect": {"joint": joint}}))
+        assert (baseline.joint is not None) == joint
+
+        def ours(baseline=baseline) -> object:
+            pane = Pane.empty(0, baseline)
+            fold(pane, columns, baseline)
+            return pane
+
+        def reference() -> object:
+            sketches = []
+            for values in serving.values():
+                sketch = kll_doubles_sketch(KLL_K)
+                sketch.update(values)
+                sketches.append(sketch)
+            return sketches
+
+        timing = interleaved(ours, reference, rounds)
+        ratios[label], medians[label] = timing.ratio, timing.ours_median
+        low, high = timing.ratio_range
+        rows.append([f"joint {label}: {JOINT_FEATURES} features x {n:,} records",
+                     f"{len(baseline.features['f0'].edges)}",
+                     rate(n * JOINT_FEATURES, timing.ours_median),
+                     rate(n * JOINT_FEATURES, timing.reference_median),
+                     f"{timing.ratio:.2f}", f"{low:.2f}..{high:.2f}"])
+        print(f"  joint {label}: ratio {timing.ratio:.2f}", flush=True)
+    cost = (medians["on"] - medians["off"]) / (n * JOINT_FEATURES) * 1e9
+    return rows, ratios["on"], cost
 
 
 def main() -> None:
@@ -112,6 +180,9 @@ def main() -> None:
         print(f"  {label}: {description}: ratio {timing.ratio:.2f}", flush=True)
         del values, training
 
+    joint_rows, joint_ratio, joint_cost = _joint_rows(n, args.rounds)
+    rows.extend(joint_rows)
+
     print()
     print(text_table(headers, rows))
     notes = [f"`{name}`: {description}" for name, (description, _) in DISTRIBUTIONS.items()]
@@ -125,10 +196,18 @@ def main() -> None:
         "width), so a bucket would leave all 101 edges as candidates of the per-value binary "
         "search; such a layout brackets the bin with a uniform grid over the edges instead "
         "(NumericLayout.use_grid), ~1-2 candidates like the other rows.",
+        f"`joint`: {JOINT_FEATURES} correlated lognormal-like features (3 latent factors, 1% "
+        "missing) folded as a pane by the engine (`fold`: each feature's kernel writes its "
+        "bin slots, then the joint kernel computes every record's PCA reconstruction error "
+        "and its summary is updated) vs KLL on the same columns; `off`: the same with a "
+        "baseline built with `[detect] joint = false`. Joint check cost: "
+        f"{joint_cost:.2f} ns per record and feature (median on - median off).",
     ]
     if not args.no_record:
         append_results("bench_sketch: NumericSummary.update vs datasketches KLL", params,
                        headers, rows, notes)
+    print(f"joint_ratio_vs_kll={joint_ratio:.2f}")
+    print(f"joint_ns_per_record_feature={joint_cost:.2f}")
     print(f"ratio_vs_kll={ratios[HEADLINE]:.2f}")
 
 

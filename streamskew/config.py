@@ -139,7 +139,18 @@ class WindowConfig:
 
 @dataclass(frozen=True)
 class DetectConfig:
-    """How a window is judged. Thresholds are floors: the sampling-noise floor may raise them."""
+    """How a window is judged. Thresholds are floors: the sampling-noise floor may raise them.
+
+    ``alpha`` is the false-alarm budget of one feature per judged window: all its checks at
+    every scale (and its persistent check) together raise on a window drawn from the
+    baseline with probability at most ``alpha``; each of those tests gets an equal share
+    (see :mod:`streamskew.detector.checks`).
+
+    >>> DetectConfig().scale_panes(15), DetectConfig(scales="none").scale_panes(15)
+    ((1, 2, 4), ())
+    >>> DetectConfig(scales="1, 3").scale_panes(6), DetectConfig(scales="1,8").scale_panes(6)
+    ((1, 3), (1,))
+    """
 
     min_count: int = 200
     numeric_metric: str = "jsd"
@@ -155,6 +166,39 @@ class DetectConfig:
     raise_after: int = 1
     resolve_after: int = 2
     resolve_ratio: float = 0.8
+    # Finer scales: besides the whole window, the newest panes judged on their own.
+    scales: str = "auto"
+    # Categorical surges: a category's share up or down by surge_factor (and by at least
+    # surge_min_change in absolute share), beyond sampling noise.
+    surge: bool = True
+    surge_factor: float = 3.0
+    surge_min_change: float = 0.01
+    # Multivariate: PCA reconstruction error of the numeric features, as one more feature.
+    joint: bool = True
+    joint_variance: float = 0.9
+    # Persistent shifts: the last persistent_windows windows summed, against a threshold of
+    # persistent_ratio * the feature's threshold (and its own noise floor); a warning.
+    persistent: bool = True
+    persistent_windows: int = 8
+    persistent_ratio: float = 0.5
+
+    def scale_panes(self, window_panes: int) -> tuple[int, ...]:
+        """The finer scales (numbers of newest panes) for a window of ``window_panes``.
+
+        ``"auto"``: 1, 2, 4, ... panes up to half the window; ``"none"``: the whole window
+        only; else a comma-separated list of pane counts (those not below the window size
+        are dropped: the whole window is always judged)."""
+        text = self.scales.strip().lower()
+        if text == "none":
+            return ()
+        if text == "auto":
+            found, k = [], 1
+            while 2 * k <= window_panes:
+                found.append(k)
+                k *= 2
+            return tuple(found)
+        panes = sorted({int(part) for part in text.split(",") if part.strip()})
+        return tuple(k for k in panes if k < window_panes)
 
 
 @dataclass(frozen=True)
@@ -449,7 +493,32 @@ class _Reader:
                             f"allowed: {', '.join(CATEGORICAL_METRICS)}")
         if not 0 < detect.alpha < 0.5:
             raise self.fail("detect", "alpha", f" = {detect.alpha!r}: must be in (0, 0.5), "
-                            "e.g. 1e-5 (the false-alarm rate per window and check)")
+                            "e.g. 1e-5 (the false-alarm rate per window and feature)")
+        scales = detect.scales.strip().lower()
+        if scales not in ("auto", "none") and not re.fullmatch(r"\s*\d+(\s*,\s*\d+)*\s*",
+                                                                scales):
+            raise self.fail("detect", "scales", f" = {detect.scales!r}: use \"auto\" (the "
+                            "newest 1, 2, 4, ... panes up to half the window), \"none\", or "
+                            "pane counts like \"1,3\"")
+        if scales not in ("auto", "none") and any(
+                int(part) < 1 for part in scales.split(",")):
+            raise self.fail("detect", "scales", f" = {detect.scales!r}: a scale is at least 1 "
+                            "pane")
+        if detect.surge_factor < 1:
+            raise self.fail("detect", "surge_factor", f" = {detect.surge_factor!r}: must be "
+                            "at least 1 (3.0 flags a share that triples or falls to a third)")
+        if not 0 <= detect.surge_min_change < 1:
+            raise self.fail("detect", "surge_min_change", f" = {detect.surge_min_change!r}: "
+                            "must be a share in [0, 1), e.g. 0.01")
+        if not 0 < detect.joint_variance < 1:
+            raise self.fail("detect", "joint_variance", f" = {detect.joint_variance!r}: must "
+                            "be in (0, 1), e.g. 0.9 (the share of variance the principal "
+                            "components keep)")
+        if detect.persistent_windows < 2:
+            raise self.fail("detect", "persistent_windows", ": must be at least 2 windows")
+        if detect.persistent_ratio > 1:
+            raise self.fail("detect", "persistent_ratio", f" = {detect.persistent_ratio!r}: "
+                            "must be in [0, 1] (a share of the threshold)")
         if not 0 < detect.resolve_ratio <= 1:
             raise self.fail("detect", "resolve_ratio", f" = {detect.resolve_ratio!r}: "
                             "must be in (0, 1]; 0.8 resolves below 80% of the threshold")

@@ -341,26 +341,15 @@ def test_slots_are_unique_among_live_processes_and_reused_after_one_dies(tmp_pat
 
 def _scram_toml(tmp_path: Path, bootstrap: str, topic: str, group: str,
                 baseline: Baseline, password_env: str = "KAFKA_PASSWORD") -> Path:
-    baseline.save(tmp_path / "baseline.json")
-    toml = tmp_path / "scram.toml"
-    toml.write_text(f'''baseline = "baseline.json"
-[window]
-size = "4m"
-pane = "1m"
-allowed_lateness = "2s"
-[detect]
-min_count = 300
-[kafka]
-bootstrap_servers = "{bootstrap}"
-topics = ["{topic}"]
-group_id = "{group}"
+    """The usual test config, reaching the broker through its SCRAM listener."""
+    config = Config.from_dict({"kafka": {"group_id": group}})
+    return write_config(tmp_path, bootstrap, topic, config, baseline, extra_kafka=f"""\
 security_protocol = "SASL_PLAINTEXT"
 sasl_mechanism = "SCRAM-SHA-512"
 sasl_plain_username = "{USER}"
 sasl_plain_password = "${{{password_env}}}"
 bootstrap_timeout_ms = 5000
-''')
-    return toml
+""")
 
 
 def _cli(args: list[str], env: dict[str, str], timeout_s: float) -> subprocess.CompletedProcess:

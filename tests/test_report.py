@@ -183,8 +183,11 @@ def test_demo_overview_sorts_incidents_first_and_lists_every_check(demo):
             for _, r in rows[:n_incidents]]
     assert ends == sorted(ends, reverse=True)
     # every check of every feature has a row: 10 features, 4 per feature
-    # (distribution, missing rate, out of range / unseen, type change)
-    assert len(rows) == 10 * 4
+    # (distribution, missing rate, out of range / unseen, type change), a surge row for each
+    # of the 3 categorical features, and the joint check of the numeric features
+    assert len(rows) == 10 * 4 + 3 + 1
+    assert {key for key, _ in rows} >= {f"{MODEL}/cut/surge/share_ratio",
+                                         f"{MODEL}/(joint)/joint/jsd"}
 
 
 def test_demo_events_link_to_their_incidents(demo):

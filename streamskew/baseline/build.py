@@ -29,6 +29,7 @@ from ..inputs import FileProblem, Input, resolve_inputs
 from ..readers import SkippedLines, read_chunks
 from ..records import category_string
 from ..sketch.quantiles import QuantileLayout
+from .joint import JOINT_FEATURE, JointBuilder
 from .model import (
     Baseline,
     BaselineError,
@@ -351,6 +352,10 @@ class _Builder:
         self.edges: dict[str, np.ndarray] = {}
         self.bins: dict[str, np.ndarray] = {}
         self.extremes: dict[str, list[float]] = {}
+        # The joint check's PCA (streamskew/baseline/joint.py): sampled in the first pass,
+        # fitted in decide(), its error counted in the second pass.
+        self.joint = JointBuilder(config.detect.joint_variance, config.build.bins,
+                                  _finite_or_nan) if config.detect.joint else None
         self.left_out: dict[str, str] = {}  # columns left out as ids or timestamps
 
     def _wanted(self, name: str) -> bool:
@@ -358,6 +363,8 @@ class _Builder:
 
     def first_pass(self, chunk: dict[str, list[Any]]) -> None:
         size = len(next(iter(chunk.values()))) if chunk else 0
+        if self.joint is not None:
+            self.joint.sample(chunk, self.rows, self._wanted)
         for name, values in chunk.items():
             if not self._wanted(name):
                 continue
@@ -406,6 +413,10 @@ class _Builder:
                 self.bins[name] = np.zeros(len(edges) + 1, dtype=np.int64)
                 self.extremes[name] = [math.inf, -math.inf]
             self.edges[name] = edges
+        if self.joint is not None and not self.joint.fit(
+                self.kinds, self.edges,
+                {name: self.bins[name] for name in self.edges if self.columns[name].exact}):
+            self.joint = None
 
     def _leave_out_ids(self) -> None:
         """Columns that look like ids or timestamps are not features: say so, leave them out."""
@@ -439,9 +450,11 @@ class _Builder:
 
     @property
     def needs_second_pass(self) -> bool:
-        return any(not self.columns[name].exact for name in self.edges)
+        return self.joint is not None or any(not self.columns[name].exact for name in self.edges)
 
     def second_pass(self, chunk: dict[str, list[Any]]) -> None:
+        if self.joint is not None:
+            self.joint.count(chunk)
         for name, edges in self.edges.items():
             values = chunk.get(name)
             if values is None or self.columns[name].exact:
@@ -466,11 +479,15 @@ class _Builder:
         body = {name: f.to_json() for name, f in features.items()}
         for spec in body.values():
             spec.pop("kll", None)  # its compaction is randomized; the rest is reproducible
+        joint = self.joint.finish() if self.joint is not None else None
+        if joint is not None:
+            body[JOINT_FEATURE] = joint.to_json()
+            body[JOINT_FEATURE]["error"].pop("kll")
         digest = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
         created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         return Baseline(features=features, count=self.rows, id=digest[:16], created_at=created,
                         sources=sources, left_out=dict(self.left_out),
-                        skipped=skipped or SkippedLines())
+                        skipped=skipped or SkippedLines(), joint=joint)
 
     def _numeric(self, name: str, column: _Column) -> NumericBaseline:
         count = column.numbers

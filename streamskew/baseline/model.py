@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from ..config import Config
     from ..performance.reference import ReferencePerformance
     from ..readers import SkippedLines
+    from .joint import JointBaseline
 
 __all__ = ["SCHEMA", "Baseline", "BaselineError", "CategoricalBaseline", "FeatureBaseline",
            "NumericBaseline"]
@@ -192,14 +193,25 @@ class Baseline:
     records that carry them are not 'new features'."""
     skipped: SkippedLines | None = field(default=None, compare=False, repr=False)
     """Input lines that could not be used while building (None when loaded)."""
+    joint: JointBaseline | None = None
+    """The joint check's PCA model and error distribution (None: no joint check); see
+    :mod:`streamskew.baseline.joint`. Not a message field, so not in :attr:`schema`."""
     performance: ReferencePerformance | None = field(default=None, compare=False, repr=False)
     """The model's validation performance (``baseline build --label``); None in baselines
     built without labels and in files older than it (the file's ``performance`` key)."""
 
     @property
     def schema(self) -> dict[str, str]:
-        """Feature name -> kind."""
+        """Feature name -> kind (the fields messages carry)."""
         return {name: feature.kind for name, feature in self.features.items()}
+
+    @cached_property
+    def monitored(self) -> Mapping[str, FeatureBaseline]:
+        """What panes summarize and checks judge: the features, then the joint check's
+        pseudo-feature ``(joint)`` when the baseline has a joint model."""
+        if self.joint is None:
+            return self.features
+        return {**self.features, self.joint.name: self.joint}
 
     # -- building ----------------------------------------------------------------------------
 
@@ -233,6 +245,8 @@ class Baseline:
                "sources": list(self.sources), "count": self.count,
                "left_out": dict(self.left_out),
                "features": {name: f.to_json() for name, f in self.features.items()}}
+        if self.joint is not None:  # optional key: files without it still load
+            out["joint"] = self.joint.to_json()
         if self.performance is not None:  # an addition to v1: older readers ignore it
             out["performance"] = self.performance.to_json()
         return out
@@ -258,6 +272,11 @@ class Baseline:
             for name, spec in raw["features"].items():
                 loader = NumericBaseline if spec["kind"] == "numeric" else CategoricalBaseline
                 features[name] = loader.from_json(name, spec)
+            joint = None
+            if raw.get("joint"):
+                from .joint import JOINT_FEATURE, JointBaseline
+
+                joint = JointBaseline.from_json(JOINT_FEATURE, raw["joint"])
         except (KeyError, TypeError, ValueError) as exc:
             raise BaselineError(f"{path}: damaged baseline file ({exc!r}); rebuild it") from None
         performance = None
@@ -271,7 +290,8 @@ class Baseline:
                                     "the baseline with --label") from None
         return cls(features=features, count=raw["count"], id=raw["id"],
                    created_at=raw.get("created_at", ""), sources=tuple(raw.get("sources", ())),
-                   left_out=dict(raw.get("left_out") or {}), performance=performance)
+                   left_out=dict(raw.get("left_out") or {}), joint=joint,
+                   performance=performance)
 
     def describe(self) -> str:
         """A readable per-feature summary (``streamskew baseline show``)."""
@@ -288,6 +308,8 @@ class Baseline:
                 top = ", ".join(f"{v}={c / max(f.count, 1):.1%}" for v, c in
                                 zip(f.vocabulary[:4], f.vocabulary_counts[:4], strict=False))
                 lines.append(f"{head} distinct={f.distinct:<6} top: {top}")
+        if self.joint is not None:
+            lines.append(self.joint.describe())
         if self.performance is not None:
             lines += ["", self.performance.describe()]
         return "\n".join(lines)

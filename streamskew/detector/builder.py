@@ -27,6 +27,7 @@ import orjson
 from ..baseline import Baseline, CategoricalBaseline
 from ..config import Config
 from ..records import NO_TIME, BadRecord, Columns, Decoder, Reason
+from ..sketch.joint import slots_buffer
 from .clock import NEVER, ClockStep, SourceClock
 from .window import Pane
 
@@ -434,6 +435,12 @@ class PaneBuilder:
 def fold(pane: Pane, columns: Columns, baseline: Baseline) -> None:
     """Add decoded records to a pane (the numba kernels do the numeric work)."""
     pane.records += columns.count
+    joint = baseline.joint
+    # The joint check reads each record's bin of every input, which the inputs' own
+    # kernels write into ``slots`` as they bin the values (-1: missing, the training mean).
+    # Every input row is written in full by its feature's kernel before the joint kernel.
+    slots = slots_buffer(len(joint.inputs), columns.count) if joint is not None else None
+    joint_row = {name: j for j, name in enumerate(joint.inputs)} if joint is not None else {}
     for name, feature in baseline.features.items():
         summary = pane.summaries[name]
         invalid = columns.invalid.get(name)
@@ -442,11 +449,16 @@ def fold(pane: Pane, columns: Columns, baseline: Baseline) -> None:
             values = columns.categorical.get(name)
             if values is None:  # another model's baseline calls this feature numeric
                 values = np.full(columns.count, None, dtype=object)
-        else:
-            values = columns.numeric.get(name)
-            if values is None:
-                values = np.full(columns.count, np.nan)
-        summary.update(values, invalid=n_invalid)
+            summary.update(values, invalid=n_invalid)
+            continue
+        values = columns.numeric.get(name)
+        if values is None:
+            values = np.full(columns.count, np.nan)
+        row = joint_row.get(name)
+        summary.update(values, invalid=n_invalid,  # type: ignore[call-arg]
+                       slots=slots[row] if row is not None and slots is not None else None)
+    if joint is not None and slots is not None:
+        joint.fold(pane.summaries[joint.name], slots)  # type: ignore[arg-type]
     for name, rows in columns.new_features.items():
         count = int(rows.sum())
         if count:

@@ -4,24 +4,37 @@ The :class:`Evaluator` merges the partial panes that sources (files, Kafka parti
 processes) sealed for the same model and pane, and closes pane ``i`` once every source's
 watermark has passed its end: then no source can add to it any more, so its content is
 final and the same whichever process evaluates it. Each close slides the model's window by
-one pane and judges it; hysteresis turns the judgements into ``skew_detected`` /
+one pane and judges it (the whole window and its finer scales, see
+:mod:`streamskew.detector.checks`); hysteresis turns the judgements into ``skew_detected`` /
 ``skew_resolved`` events.
+
+Persistent shifts: every ``size / pane`` panes (pane index ``i`` with ``(i + 1) % panes ==
+0``) the window then is a *block*, disjoint from the previous one; the per-feature counts of
+the last ``persistent_windows`` blocks are summed and judged by the ``persistent`` check (a
+``warning``). A feature's persistent check waits until its blocks no longer hold a window in
+which one of that feature's other checks was raised, so an incident that has been raised
+and resolved is not reported again as a persistent shift.
 """
 
 from __future__ import annotations
 
 import math
+import zlib
 from base64 import b64decode, b64encode
+from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from typing import Any
 
+import numpy as np
 import orjson
 
 from ..baseline import Baseline
 from ..config import Config
 from ..records import NO_TIME
+from ..sketch.numeric import NumericSummary
 from .builder import WHOLE_INPUT, baseline_for
-from .checks import CheckResult, Judge
+from .checks import JOINT_CHECK, PERSISTENT_CHECK, SURGE_CHECK, CheckResult, Judge
 from .events import SkewEvent
 from .hysteresis import Hysteresis
 from .window import Pane, SlidingWindow
@@ -40,6 +53,7 @@ class WindowResult:
     results: tuple[CheckResult, ...]
     window: Pane  # the live aggregate: read it now, copy what you keep
     baseline: Baseline
+    scales: Mapping[int, Pane] = field(default_factory=dict)  # finer scales' aggregates
 
 
 class _ModelState:
@@ -50,15 +64,24 @@ class _ModelState:
         self.baseline = baseline
         self.config = config
         self.judge = Judge(config, baseline)
-        self.window = SlidingWindow(config.window.panes, baseline)
+        self.window = SlidingWindow(config.window.panes, baseline, self.judge.scales)
         self.pending: dict[int, Pane] = {}
         self.hysteresis: dict[tuple[str, str, str], Hysteresis] = {}
+        # Persistent check: the counts of the last blocks (block index, feature -> counts),
+        # the first block seen, and per feature the last block its main check was active in.
+        self.blocks: deque[tuple[int, dict[str, np.ndarray]]] = deque()
+        self.first_block: int | None = None
+        self.quiet_through: dict[str, int] = {}
+        # Joint check: the last pane index at which each joint input had a check raised.
+        self.input_alarm: dict[str, int] = {}
 
     def state(self, key: tuple[str, str, str]) -> Hysteresis:
         state = self.hysteresis.get(key)
         if state is None:
             d = self.config.detect
-            state = self.hysteresis[key] = Hysteresis(d.raise_after, d.resolve_after,
+            # A persistent shift is reported once, at its first judgement over the line.
+            raise_after = 1 if key[1] == PERSISTENT_CHECK else d.raise_after
+            state = self.hysteresis[key] = Hysteresis(raise_after, d.resolve_after,
                                                       d.resolve_ratio)
         return state
 
@@ -132,14 +155,13 @@ class Evaluator:
     def _close(self, state: _ModelState, index: int) -> list[SkewEvent]:
         window = state.window
         if window.panes and index - window.panes[-1].index > window.size:
-            window.panes.clear()  # a long gap: everything in the window expired
-            window.aggregate = Pane.empty(index, state.baseline)
+            window.reset(index)  # a long gap: everything in the window expired
         pane = state.pending.pop(index, None) or Pane.empty(index, state.baseline)
         window.push(pane)
         if not window.has_records:
             return []
         start = (index - window.size + 1) * self.pane_ms
-        return self._judge(state, start, (index + 1) * self.pane_ms)
+        return self._judge(state, start, (index + 1) * self.pane_ms, index)
 
     def flush(self) -> list[SkewEvent]:
         """End of input: close every pending pane (or judge the whole input as one window)."""
@@ -156,45 +178,151 @@ class Evaluator:
 
     # -- judging -----------------------------------------------------------------------------
 
-    def _judge(self, state: _ModelState, start: int | None, end: int | None
-               ) -> list[SkewEvent]:
+    def _judge(self, state: _ModelState, start: int | None, end: int | None,
+               index: int | None = None) -> list[SkewEvent]:
         self.windows += 1
-        aggregate = state.window.aggregate
-        results = tuple(state.judge.judge(aggregate))
+        window = state.window
+        aggregate = window.aggregate
+        finer = window.covered()
+        results = list(state.judge.judge(aggregate, finer))
+        joint = [r for r in results if r.check == JOINT_CHECK]
         events: list[SkewEvent] = []
-        for result in results:
-            if not result.judged or math.isnan(result.value):
-                continue
-            change = state.state(result.key).observe(result.value, result.threshold)
-            if change is not None:
-                events.append(self._event(state, result, change, start, end))
+        for result in [r for r in results if r.check != JOINT_CHECK]:
+            events.extend(self._observe(state, result, start, end))
+        if joint:  # after the inputs' own checks: they may explain it
+            joint = self._explain_joint(state, joint, results, index)
+            results = [r for r in results if r.check != JOINT_CHECK] + joint
+            for result in joint:
+                events.extend(self._observe(state, result, start, end))
+        if index is not None:
+            self._note_active(state, index)
+            if self.config.detect.persistent:  # after the checks it must not repeat
+                persistent = self._persistent(state, index)
+                for result in persistent:
+                    events.extend(self._observe(state, result, start, end))
+                results.extend(persistent)
         if self.on_window is not None:
-            self.on_window(WindowResult(state.model, start, end, aggregate.records, results,
-                                        aggregate, state.baseline))
+            self.on_window(WindowResult(state.model, start, end, aggregate.records,
+                                        tuple(results), aggregate, state.baseline,
+                                        dict(finer)))
         self.events += len(events)
         return events
+
+    def _observe(self, state: _ModelState, result: CheckResult, start: int | None,
+                 end: int | None) -> list[SkewEvent]:
+        if not result.judged or math.isnan(result.value):
+            return []
+        change = state.state(result.key).observe(result.value, result.threshold)
+        return [] if change is None else [self._event(state, result, change, start, end)]
+
+    def _explain_joint(self, state: _ModelState, joint: list[CheckResult],
+                       results: list[CheckResult], index: int | None) -> list[CheckResult]:
+        """The joint check speaks only for what the inputs' own checks do not: while an
+        input has a check over its threshold or raised, or raised within the window, the
+        joint check is not judged (a unit change of one input moves the reconstruction
+        error too, and its own check names the cause)."""
+        baseline_joint = state.baseline.joint
+        assert baseline_joint is not None
+        inputs = set(baseline_joint.inputs)
+        explaining = {r.feature for r in results if r.feature in inputs and r.judged
+                      and r.value > r.threshold}
+        for (feature, _, _), h in state.hysteresis.items():
+            if h.active and feature in inputs:
+                explaining.add(feature)
+                if index is not None:
+                    state.input_alarm[feature] = index
+        if index is not None:
+            size = state.window.size
+            explaining.update(f for f, last in state.input_alarm.items()
+                              if index - last < size)
+            if explaining:  # its blocks hold what the inputs explain: not persistent either
+                state.quiet_through[baseline_joint.name] = index // size
+        if not explaining:
+            return joint
+        detail = {"explained_by": sorted(explaining)}
+        return [replace(r, judged=False, detail=detail) for r in joint]
+
+    # -- persistent shifts -------------------------------------------------------------------
+
+    def _persistent(self, state: _ModelState, index: int) -> list[CheckResult]:
+        """At the end of each block: store its counts, judge the last blocks' sum."""
+        size = state.window.size
+        if (index + 1) % size:
+            return []
+        block = index // size
+        counts = {name: (s.bins if isinstance(s, NumericSummary) else s.counts).copy()
+                  for name, s in state.window.aggregate.summaries.items()}
+        state.blocks.append((block, counts))
+        horizon = self.config.detect.persistent_windows
+        while state.blocks and state.blocks[0][0] <= block - horizon:
+            state.blocks.popleft()
+        if state.first_block is None:
+            state.first_block = block
+        oldest = block - horizon + 1
+        if oldest < state.first_block:
+            return []  # not yet persistent_windows blocks of the stream
+        summed = {}
+        for name in counts:
+            if state.quiet_through.get(name, -1) >= oldest:
+                continue  # its blocks still hold an incident its own check raised
+            summed[name] = sum(c[name] for _, c in state.blocks)
+        return list(state.judge.judge_persistent(summed, horizon * size))
+
+    def _note_active(self, state: _ModelState, index: int) -> None:
+        """Remember the block in which a feature has a check (other than persistent) raised:
+        its persistent check would only repeat that incident."""
+        block = index // state.window.size
+        for (feature, check, _), hysteresis in state.hysteresis.items():
+            if hysteresis.active and check != PERSISTENT_CHECK:
+                state.quiet_through[feature] = block
+
+    # -- events ------------------------------------------------------------------------------
 
     def _event(self, state: _ModelState, result: CheckResult, change: str,
                start: int | None, end: int | None) -> SkewEvent:
         baseline = state.baseline
-        summary = state.window.aggregate.summaries.get(result.feature)
+        window = state.window
+        persistent = result.check == PERSISTENT_CHECK
+        part = window.aggregate if result.scale == 0 or persistent \
+            else window.scale(result.scale)
+        summary = part.summaries.get(result.feature)
         if summary is not None:
             evidence = state.judge.evidence(result.feature, summary)
-            if result.check == "distribution":
+            if result.check in ("distribution", JOINT_CHECK):
                 evidence["noise_floor_applied"] = \
                     result.threshold > state.judge.metric_of(result.feature)[1]
         else:
             evidence = {"records_with_feature": round(result.value * result.count)}
+        if result.check in (SURGE_CHECK, PERSISTENT_CHECK) and result.detail:
+            evidence[result.check] = dict(result.detail)
+        evidence["scale"] = self._scale(result, window.size, end)
         if change == "skew_resolved":
             severity = "info"
+        elif persistent:
+            severity = "warning"  # under the check's own threshold, by construction
         else:
             severity = "critical" if result.value >= 2 * result.threshold else "warning"
+        count = result.window_count if result.window_count is not None else result.count
         return SkewEvent(type=change, model=state.model, feature=result.feature,
                          kind=result.kind, check=result.check, metric=result.metric,
                          value=result.value, threshold=result.threshold, severity=severity,
-                         window_start=start, window_end=end, window_count=result.count,
+                         window_start=start, window_end=end, window_count=count,
                          baseline_id=baseline.id, baseline_count=baseline.count,
                          evidence=evidence)
+
+    def _scale(self, result: CheckResult, window_panes: int, end: int | None
+               ) -> dict[str, Any]:
+        """Which scale decided: the whole window, the newest panes, or the last windows."""
+        if result.check == PERSISTENT_CHECK:
+            panes, name = result.scale, f"last {result.scale // window_panes} windows"
+        elif result.scale == 0:
+            panes, name = window_panes, "window"
+        else:
+            panes = result.scale
+            name = "newest pane" if panes == 1 else f"newest {panes} panes"
+        start = end - panes * self.pane_ms if end is not None else None
+        return {"name": name, "panes": panes, "window_panes": window_panes, "start": start,
+                "end": end, "count": result.count}
 
     # -- checkpoints -------------------------------------------------------------------------
 
@@ -209,6 +337,10 @@ class Evaluator:
                                 for i, p in s.pending.items()},
                     "hysteresis": [[*key, h.active, h.streak]
                                    for key, h in s.hysteresis.items()],
+                    "blocks": [_block_json(block, counts) for block, counts in s.blocks],
+                    "first_block": s.first_block,
+                    "quiet_through": s.quiet_through,
+                    "input_alarm": s.input_alarm,
                 } for model, s in self.models.items()},
         })
 
@@ -226,6 +358,27 @@ class Evaluator:
             for feature, check, metric, active, streak in saved["hysteresis"]:
                 h = state.state((feature, check, metric))
                 h.active, h.streak = active, streak
+            # Checkpoints from before the persistent check have none of these: start afresh.
+            for saved_block in saved.get("blocks", []):
+                state.blocks.append(_block_of(saved_block))
+            state.first_block = saved.get("first_block")
+            state.quiet_through = dict(saved.get("quiet_through", {}))
+            state.input_alarm = dict(saved.get("input_alarm", {}))
             models[model] = state
         self.models = models
         self.closed_through = raw["closed_through"]
+
+
+def _block_json(block: int, counts: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """One persistent block for a checkpoint: its counts, zlib-compressed like panes."""
+    names = list(counts)
+    data = b"".join(counts[name].astype("<i8").tobytes() for name in names)
+    return {"block": block, "names": names, "sizes": [len(counts[n]) for n in names],
+            "data": b64encode(zlib.compress(data, 1)).decode()}
+
+
+def _block_of(raw: Mapping[str, Any]) -> tuple[int, dict[str, np.ndarray]]:
+    values = np.frombuffer(zlib.decompress(b64decode(raw["data"])), "<i8").astype(np.int64)
+    bounds = np.cumsum([0, *raw["sizes"]])
+    return raw["block"], {name: values[bounds[i]:bounds[i + 1]].copy()
+                          for i, name in enumerate(raw["names"])}

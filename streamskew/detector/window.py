@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from ..baseline import Baseline, CategoricalBaseline
+from ..baseline import Baseline
 from ..sketch.categorical import CategoricalSummary, merge_heavy_hitters
 from ..sketch.numeric import NumericSummary
 
@@ -43,7 +43,7 @@ class Pane:
 
     @classmethod
     def empty(cls, index: int, baseline: Baseline) -> Pane:
-        return cls(index, 0, {name: f.layout.empty() for name, f in baseline.features.items()},
+        return cls(index, 0, {name: f.layout.empty() for name, f in baseline.monitored.items()},
                    baseline_id=baseline.id)
 
     def merge(self, other: Pane) -> None:
@@ -100,53 +100,83 @@ class Pane:
         offset = 4 + size
         summaries: dict[str, Summary] = {}
         for name, length in raw["summaries"]:
-            feature = baseline.features.get(name)
+            feature = baseline.monitored.get(name)
             if feature is None:
                 raise ValueError(f"pane has feature {name!r} that the baseline does not know")
-            reader = CategoricalSummary if isinstance(feature, CategoricalBaseline) \
-                else NumericSummary
-            summaries[name] = reader.from_bytes(body[offset:offset + length], feature.layout)
+            summaries[name] = feature.layout.read(body[offset:offset + length])
             offset += length
         return cls(raw["index"], raw["records"], summaries, dict(raw["new_features"]),
                    baseline.id)
 
 
 class SlidingWindow:
-    """The last ``size`` panes of one model and their running aggregate.
+    """The last ``size`` panes of one model and their running aggregate, and the running
+    aggregates of the newest ``k`` panes for each finer scale ``k`` in ``scales``.
 
     >>> import numpy as np
     >>> from streamskew.baseline import Baseline
     >>> baseline = Baseline.from_columns({"x": [float(i) for i in range(100)]})
-    >>> window = SlidingWindow(2, baseline)
-    >>> for index in range(3):
+    >>> window = SlidingWindow(3, baseline, scales=(1, 2))
+    >>> for index in range(4):
     ...     pane = Pane.empty(index, baseline)
     ...     pane.summaries["x"].update(np.arange(10.0) * (index + 1))
     ...     pane.records = 10
     ...     window.push(pane)
     >>> window.aggregate.records, float(window.aggregate.summaries["x"].moments[3])
-    (20, 27.0)
+    (30, 36.0)
+    >>> [(k, window.scale(k).records, float(window.scale(k).summaries["x"].moments[3]))
+    ...  for k in window.scales]
+    [(1, 10, 36.0), (2, 20, 36.0)]
     """
 
-    def __init__(self, size: int, baseline: Baseline) -> None:
+    def __init__(self, size: int, baseline: Baseline, scales: tuple[int, ...] = ()) -> None:
         self.size = size
         self.baseline = baseline
+        self.scales = tuple(k for k in scales if 1 <= k < size)
         self.panes: deque[Pane] = deque()
         self.aggregate = Pane.empty(-1, baseline)
+        # Scale 1 is the newest pane itself; longer ones keep a running aggregate.
+        self.recent = {k: Pane.empty(-1, baseline) for k in self.scales if k > 1}
+
+    def reset(self, index: int) -> None:
+        """Forget every pane (a gap longer than the window: all of them expired)."""
+        self.panes.clear()
+        self.aggregate = Pane.empty(index, self.baseline)
+        self.recent = {k: Pane.empty(index, self.baseline) for k in self.recent}
 
     def push(self, pane: Pane) -> None:
         """Slide to ``pane`` (the next pane in order; empty panes included)."""
         self.panes.append(pane)
         self.aggregate.merge(pane)
+        for k, recent in self.recent.items():
+            recent.merge(pane)
+            if len(self.panes) > k:
+                recent.subtract(self.panes[-k - 1])
+            recent.index = pane.index
         if len(self.panes) > self.size:
             expired = self.panes.popleft()
             self.aggregate.subtract(expired)
         self.aggregate.index = pane.index
-        self._refresh_non_subtractable()
+        self._refresh_non_subtractable(self.aggregate, list(self.panes))
+        for k, recent in self.recent.items():
+            self._refresh_non_subtractable(recent, list(self.panes)[-k:])
 
-    def _refresh_non_subtractable(self) -> None:
+    def scale(self, k: int) -> Pane:
+        """The aggregate of the newest ``k`` panes (``k`` in :attr:`scales`)."""
+        if k == 1:
+            return self.panes[-1] if self.panes else self.aggregate
+        return self.recent[k]
+
+    def covered(self) -> list[tuple[int, Pane]]:
+        """The finer scales that hold less than the whole window now, with their panes."""
+        held = len(self.panes)
+        return [(k, self.scale(k)) for k in self.scales if k < held]
+
+    @staticmethod
+    def _refresh_non_subtractable(aggregate: Pane, panes: list[Pane]) -> None:
         """Moments (min/max) and heavy hitters cannot be subtracted: re-derive from panes."""
-        panes = [p for p in self.panes if p.records]
-        for name, summary in self.aggregate.summaries.items():
+        panes = [p for p in panes if p.records]
+        for name, summary in aggregate.summaries.items():
             parts = [p.summaries[name] for p in panes]
             if isinstance(summary, NumericSummary):
                 summary.set_moments(parts)  # type: ignore[arg-type]

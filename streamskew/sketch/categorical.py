@@ -68,6 +68,10 @@ class CategoricalLayout:
     def empty(self) -> CategoricalSummary:
         return CategoricalSummary(self, np.zeros(len(self.vocabulary) + 2, dtype=np.int64))
 
+    def read(self, data: bytes) -> CategoricalSummary:
+        """A summary of this layout from :meth:`CategoricalSummary.to_bytes`."""
+        return CategoricalSummary.from_bytes(data, self)
+
 
 @dataclass
 class CategoricalSummary:

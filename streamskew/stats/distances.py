@@ -26,6 +26,9 @@ against an independent reference (``scipy.spatial.distance.jensenshannon(base=2)
 
 from __future__ import annotations
 
+import math
+
+import numba
 import numpy as np
 
 __all__ = ["DISTANCES", "distance"]
@@ -42,7 +45,44 @@ def _smoothed(counts: np.ndarray) -> np.ndarray:
     return counts / counts.sum(axis=-1, keepdims=True)
 
 
+@numba.njit(cache=True, nogil=True)
+def _jsd_row(s: np.ndarray, b: np.ndarray) -> float:  # pragma: no cover (numba)
+    total_s, total_b = s.sum(), b.sum()
+    divergence = 0.0
+    for i in range(s.shape[0]):
+        p = s[i] / total_s if total_s > 0 else 0.0
+        q = b[i] / total_b if total_b > 0 else 0.0
+        m = 0.5 * (p + q)
+        if p > 0:
+            divergence += p * math.log2(p / m)
+        if q > 0:
+            divergence += q * math.log2(q / m)
+    return math.sqrt(min(max(0.5 * divergence, 0.0), 1.0))
+
+
+@numba.njit(cache=True, nogil=True)
+def _linf_row(s: np.ndarray, b: np.ndarray) -> float:  # pragma: no cover (numba)
+    total_s, total_b = s.sum(), b.sum()
+    largest = 0.0
+    for i in range(s.shape[0]):
+        p = s[i] / total_s if total_s > 0 else 0.0
+        q = b[i] / total_b if total_b > 0 else 0.0
+        largest = max(largest, abs(p - q))
+    return largest
+
+
+def _row(s: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """One window against the baseline (every check of every window): a compiled loop
+    beats a dozen numpy calls on ~100 bins. None for batches (the noise simulations)."""
+    if s.ndim != 1 or b.ndim != 1 or s.shape != b.shape:
+        return None
+    return np.ascontiguousarray(s, dtype=np.float64), np.ascontiguousarray(b, dtype=np.float64)
+
+
 def jsd(s: np.ndarray, b: np.ndarray, **_: object) -> np.ndarray:
+    row = _row(s, b)
+    if row is not None:
+        return np.float64(_jsd_row(*row))
     p, q = _probabilities(s), _probabilities(b)
     m = 0.5 * (p + q)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -53,6 +93,9 @@ def jsd(s: np.ndarray, b: np.ndarray, **_: object) -> np.ndarray:
 
 
 def linf(s: np.ndarray, b: np.ndarray, **_: object) -> np.ndarray:
+    row = _row(s, b)
+    if row is not None:
+        return np.float64(_linf_row(*row))
     return np.abs(_probabilities(s) - _probabilities(b)).max(axis=-1)
 
 

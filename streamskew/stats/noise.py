@@ -118,6 +118,7 @@ class NoiseFloors:
         self.key = key
         self.options = {"points": points, "scale": scale}
         self._cache: dict[tuple[str, int], float] = {}
+        self._means: dict[tuple[str, int], float] = {}  # null mean of the fitted statistic
         self._exact: dict[tuple[str, int], float] = {}
         occupied = int(np.count_nonzero(self.baseline_counts))
         self.asymptotic_from = size_bucket(max(ASYMPTOTIC_FROM, 64 * occupied))
@@ -153,6 +154,33 @@ class NoiseFloors:
         t = (math.log(n) - math.log(low)) / (math.log(high) - math.log(low))
         return math.exp(math.log(f_low) + t * (math.log(f_high) - math.log(f_low)))
 
+    def null_mean(self, metric: str, n: int) -> float:
+        """The mean, under the null, of the statistic the floor is fitted to (the distance
+        squared, or PSI / phi^2 as they are) for a window of ``n`` values: the part of a
+        window's value that is noise on average. From the same simulations as the floors
+        (L-infinity and KS simulate for it too); scales like ``1 / n_eff`` past
+        ``asymptotic_from`` and interpolates in log-log between grid points, as they do."""
+        if self.total == 0 or np.count_nonzero(self.baseline_counts) < 2 or n < 1:
+            return 0.0
+        if n > self.asymptotic_from:
+            anchor = self.asymptotic_from
+            shrink = effective_size(anchor, self.total) / effective_size(n, self.total)
+            return self._mean_at(metric, anchor) * shrink
+        low = size_bucket(n)
+        if low >= n:
+            return self._mean_at(metric, low)
+        high = next_bucket(low)
+        m_low, m_high = self._mean_at(metric, low), self._mean_at(metric, high)
+        if m_low <= 0 or m_high <= 0:
+            return m_low
+        t = (math.log(n) - math.log(low)) / (math.log(high) - math.log(low))
+        return math.exp(math.log(m_low) + t * (math.log(m_high) - math.log(m_low)))
+
+    def _mean_at(self, metric: str, bucket: int) -> float:
+        if (metric, bucket) not in self._means:
+            self._at(metric, bucket)
+        return self._means[(metric, bucket)]
+
     def _at(self, metric: str, bucket: int) -> float:
         cached = self._cache.get((metric, bucket))
         if cached is None:
@@ -168,6 +196,7 @@ class NoiseFloors:
         square = NOISE_SHAPE[metric] == "square"
         statistic = values**2 if square else values
         mean, variance = float(statistic.mean()), float(statistic.var())
+        self._means[(metric, n)] = mean
         if variance <= 0 or mean <= 0:
             quantile = float(statistic.max())
         else:
@@ -242,7 +271,12 @@ def rate_floor(p0: float, n: int, alpha: float, baseline_total: float) -> float:
     if p0 >= 1.0:
         return 1.0
     size = effective_size(n, baseline_total)
-    target = math.log(1 / alpha) / size
+    return float(_rate_bisect(p0, math.log(1 / alpha) / size))
+
+
+@numba.njit(cache=True, nogil=True)
+def _rate_bisect(p0: float, target: float) -> float:  # pragma: no cover (numba)
+    # Compiled: every scale of every rate check asks for its own window size.
     low, high = p0, 1.0
     if _bernoulli_kl(high, p0) < target:
         return 1.0
