@@ -200,7 +200,7 @@ def _list(names: Iterable[str], limit: int = 6) -> str:
 def window_coverage(window: Any, baseline: Any) -> Coverage:
     """Coverage of one window (a ``Pane`` aggregate) against its baseline."""
     present = tuple(name for name, summary in window.summaries.items()
-                    if _with_value(summary))
+                    if name in baseline.features and _with_value(summary))  # not "(joint)"
     unknown = tuple(sorted(name for name, count in window.new_features.items() if count > 0))
     return Coverage(tuple(baseline.features), present, unknown)
 
