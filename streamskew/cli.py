@@ -271,6 +271,74 @@ def _check_input_fits(baseline: Baseline, path: str, names: tuple[str, ...],
     click.echo("the baseline fits this input")
 
 
+# -- the baseline registry (Kafka) -----------------------------------------------------------
+
+
+def _registry_options(command: Any) -> Any:
+    for option in reversed([
+        click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
+                     help="TOML config with a [kafka] section (its baselines_topic)."),
+        click.option("--bootstrap-servers", help="Overrides [kafka] bootstrap_servers."),
+    ]):
+        command = option(command)
+    return command
+
+
+@baseline.command("publish")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--model", required=True, help="The model this baseline is for.")
+@click.option("--version", "version", default="", help="The model version (default: every "
+              "version of the model without a baseline of its own).")
+@_registry_options
+def baseline_publish(path: str, model: str, version: str, config_path: str,
+                     bootstrap_servers: str | None) -> None:
+    """Register a baseline on Kafka: running services use it from their next pane on."""
+    from .kafka.registry import BaselineRegistry
+
+    config = _load_config(config_path)
+    loaded = Baseline.load(path)
+    registry = BaselineRegistry(config.kafka, bootstrap_servers)
+    entry = registry.publish(loaded, model, version)
+    click.echo(f"published {path} (baseline {loaded.id}, {len(loaded.features)} features) as "
+               f"model {model!r} version {version or '(any)'!r} in {registry.topic} "
+               f"({entry.parts} part{'s' if entry.parts != 1 else ''}, "
+               f"{entry.size / 1024:.1f} KiB)")
+
+
+@baseline.command("list")
+@_registry_options
+def baseline_list(config_path: str, bootstrap_servers: str | None) -> None:
+    """Show the baselines registered on Kafka, by model and version."""
+    from .kafka.registry import BaselineRegistry
+
+    config = _load_config(config_path)
+    registry = BaselineRegistry(config.kafka, bootstrap_servers)
+    entries = registry.entries()
+    if not entries:
+        click.echo(f"no baselines registered in {registry.topic}; add one with `streamskew "
+                   "baseline publish BASELINE --model M [--version V]`", err=True)
+        return
+    click.echo(f"{'model':<24} {'version':<12} {'baseline':<16}  features, rows, size")
+    for _, entry in sorted(entries.items()):
+        click.echo(entry.describe())
+
+
+@baseline.command("retire")
+@click.option("--model", required=True, help="The registered model.")
+@click.option("--version", "version", default="", help="Its version ('' by default).")
+@_registry_options
+def baseline_retire(model: str, version: str, config_path: str,
+                    bootstrap_servers: str | None) -> None:
+    """Remove a baseline from the registry on Kafka."""
+    from .kafka.registry import BaselineRegistry
+
+    config = _load_config(config_path)
+    registry = BaselineRegistry(config.kafka, bootstrap_servers)
+    entry = registry.retire(model, version)
+    click.echo(f"retired model {model!r} version {version or '(any)'!r} "
+               f"(baseline {entry.baseline.id}) from {registry.topic}")
+
+
 # -- detect ------------------------------------------------------------------------------------
 
 

@@ -271,7 +271,7 @@ class LabelsConfig:
 
 # kafka-python settings we pass straight through, with Kafka's own names.
 _KAFKA_OWN_KEYS = ("bootstrap_servers", "topics", "topic_pattern", "group_id", "alerts_topic",
-                   "dlq_topic", "state_topic", "panes_topic")
+                   "dlq_topic", "state_topic", "panes_topic", "baselines_topic")
 
 
 @dataclass(frozen=True)
@@ -279,8 +279,9 @@ class KafkaConfig:
     """Kafka adapter settings; ``client`` holds kafka-python settings passed through as is.
 
     The topics streamskew writes are named after the deployment's ``group_id`` unless set:
-    ``<group_id>.alerts``, ``.dlq``, ``.state``, ``.panes``. Two deployments on one cluster
-    (two group ids) therefore never share state.
+    ``<group_id>.alerts``, ``.dlq``, ``.state``, ``.panes`` and ``.baselines`` (the baseline
+    registry). Two deployments on one cluster (two group ids) therefore never share state;
+    set ``baselines_topic`` to the same name in both to share a registry.
 
     >>> KafkaConfig(group_id="fraud-prod").panes_topic
     'fraud-prod.panes'
@@ -294,10 +295,11 @@ class KafkaConfig:
     dlq_topic: str = ""  # "" = <group_id>.dlq
     state_topic: str = ""  # "" = <group_id>.state
     panes_topic: str = ""  # "" = <group_id>.panes
+    baselines_topic: str = ""  # "" = <group_id>.baselines
     client: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:
-        for name in ("alerts", "dlq", "state", "panes"):
+        for name in ("alerts", "dlq", "state", "panes", "baselines"):
             if not getattr(self, f"{name}_topic"):
                 object.__setattr__(self, f"{name}_topic", f"{self.group_id}.{name}")
 

@@ -258,9 +258,16 @@ class Baseline:
     def load(cls, path: str | os.PathLike[str]) -> Baseline:
         """Read a baseline file written by :meth:`save` (``streamskew baseline build``)."""
         try:
-            raw = orjson.loads(Path(path).read_bytes())
+            data = Path(path).read_bytes()
         except OSError as exc:
             raise BaselineError(f"{path}: cannot read the baseline: {exc.strerror}") from None
+        return cls.from_bytes(data, str(path))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, path: str = "<bytes>") -> Baseline:
+        """A baseline from the bytes of its file (``path`` names it in errors)."""
+        try:
+            raw = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
             raise BaselineError(f"{path}: not a baseline file (invalid JSON: {exc}); build "
                                 "one with `streamskew baseline build`") from None

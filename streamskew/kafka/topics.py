@@ -88,7 +88,8 @@ def topic_regex(kafka: KafkaConfig) -> str:
     >>> [bool(re.match(topic_regex(own), t)) for t in ("a", "ab", "__x")]
     [False, True, False]
     """
-    own = sorted({kafka.alerts_topic, kafka.dlq_topic, kafka.panes_topic, kafka.state_topic})
+    own = sorted({kafka.alerts_topic, kafka.dlq_topic, kafka.panes_topic, kafka.state_topic,
+                  kafka.baselines_topic})
     excluded = "|".join(map(re.escape, own))
     return rf"(?!__)(?!(?:{excluded})\Z)(?:{kafka.topic_pattern})\Z"
 

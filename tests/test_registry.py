@@ -1,0 +1,126 @@
+"""The baseline registry on a real broker: publish, list, replace, retire, follow."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import orjson
+import pytest
+from click.testing import CliRunner
+from kafka import KafkaProducer
+
+from streamskew import Baseline, Config
+from streamskew.cli import main
+from streamskew.kafka.registry import (
+    BaselineRegistry,
+    RegistryFollower,
+    entry_key,
+)
+
+from .kafka_helpers import training_baseline, unique, wait_until
+
+pytestmark = pytest.mark.kafka
+
+
+def _config(bootstrap: str) -> Config:
+    group = unique("registry")
+    return Config.from_dict({"kafka": {"bootstrap_servers": bootstrap, "group_id": group}})
+
+
+def _wide_baseline(features: int, seed: int = 3) -> Baseline:
+    rng = np.random.default_rng(seed)
+    return Baseline.from_columns({f"f{i:03d}": rng.normal(i, 1 + i % 7, 5_000).tolist()
+                                  for i in range(features)})
+
+
+def test_publish_list_replace_and_retire(kafka_bootstrap):
+    config = _config(kafka_bootstrap)
+    registry = BaselineRegistry(config.kafka, part_bytes=16 * 1024)
+    assert registry.topic == f"{config.kafka.group_id}.baselines"
+    small, wide = training_baseline(1), _wide_baseline(40)
+    first = registry.publish(small, "fraud", "v1")
+    second = registry.publish(wide, "fraud", "v2")
+    assert first.parts == 1 and second.parts > 1  # cut into parts under part_bytes
+    entries = registry.entries()
+    assert sorted(entries) == [("fraud", "v1"), ("fraud", "v2")]
+    # every bin edge and count back, exactly
+    assert entries[("fraud", "v2")].baseline.to_json() == wide.to_json()
+    assert entries[("fraud", "v1")].baseline.id == small.id
+
+    replaced = registry.publish(training_baseline(2), "fraud", "v1")
+    entries = registry.entries()
+    assert entries[("fraud", "v1")].baseline.id == replaced.baseline.id != small.id
+
+    registry.retire("fraud", "v1")
+    assert sorted(registry.entries()) == [("fraud", "v2")]
+    with pytest.raises(Exception, match="not registered"):
+        registry.retire("fraud", "v9")
+
+
+def test_a_manifest_without_its_parts_is_skipped_and_the_previous_kept(kafka_bootstrap,
+                                                                        caplog):
+    config = _config(kafka_bootstrap)
+    registry = BaselineRegistry(config.kafka)
+    kept = registry.publish(training_baseline(1), "ads", "")
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    broken = {"format": "streamskew.baseline/v1", "publication": "gone", "parts": 2,
+              "sha256": "0" * 64, "size": 10}
+    producer.send(registry.topic, key=entry_key("ads", ""), value=orjson.dumps(broken))
+    producer.send(registry.topic, key=b"not a registry key", value=b"x")
+    producer.flush()
+    producer.close()
+    with caplog.at_level(logging.WARNING, logger="streamskew.kafka.registry"):
+        entries = registry.entries()
+    assert entries[("ads", "")].baseline.id == kept.baseline.id
+    assert "cannot be read (parts missing)" in caplog.text
+    assert "not a registry record" in caplog.text
+
+
+def test_a_follower_sees_what_is_published_after_it_started(kafka_bootstrap):
+    config = _config(kafka_bootstrap)
+    registry = BaselineRegistry(config.kafka, part_bytes=8 * 1024)
+    registry.publish(training_baseline(1), "m", "a")
+    follower = RegistryFollower(config.kafka)
+    try:
+        assert [(e.model, e.version) for e in follower.start()] == [("m", "a")]
+        assert follower.poll() == []
+        wide = _wide_baseline(20)
+        registry.publish(wide, "m", "b")
+        seen: list = []
+        wait_until(lambda: bool(seen.extend(follower.poll()) or seen), 30,
+                   lambda: "the follower never saw the new baseline")
+        assert [(e.model, e.version, e.baseline.id) for e in seen] == [("m", "b", wide.id)]
+        assert set(follower.entries) == {("m", "a"), ("m", "b")}
+    finally:
+        follower.close()
+
+
+def test_cli_publish_and_list(kafka_bootstrap, tmp_path):
+    group = unique("registry-cli")
+    toml = tmp_path / "streamskew.toml"
+    toml.write_text(f'[kafka]\nbootstrap_servers = "{kafka_bootstrap}"\ngroup_id = "{group}"\n')
+    runner = CliRunner()
+    empty = runner.invoke(main, ["baseline", "list", "--config", str(toml)])
+    assert empty.exit_code == 0, empty.output
+    assert "no baselines registered" in empty.output
+
+    wide = _wide_baseline(300)  # JSON over Kafka's default 1 MiB record limit
+    path = tmp_path / "wide.json"
+    wide.save(path)
+    assert path.stat().st_size > 1024 * 1024
+    published = runner.invoke(main, ["baseline", "publish", str(path), "--model", "churn",
+                                     "--version", "2024-11", "--config", str(toml)])
+    assert published.exit_code == 0, published.output
+    assert f"baseline {wide.id}" in published.output and f"{group}.baselines" in published.output
+
+    listed = runner.invoke(main, ["baseline", "list", "--config", str(toml)])
+    assert listed.exit_code == 0, listed.output
+    row = [line for line in listed.output.splitlines() if line.startswith("churn")]
+    assert len(row) == 1 and "2024-11" in row[0] and wide.id in row[0]
+    assert " 300 features" in row[0]
+
+    missing = runner.invoke(main, ["baseline", "retire", "--model", "nope", "--config",
+                                   str(toml)])
+    assert missing.exit_code == 1
+    assert "is not registered" in missing.output and "churn 2024-11" in missing.output
