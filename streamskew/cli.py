@@ -289,20 +289,28 @@ def _registry_options(command: Any) -> Any:
 @click.option("--model", required=True, help="The model this baseline is for.")
 @click.option("--version", "version", default="", help="The model version (default: every "
               "version of the model without a baseline of its own).")
+@click.option("--from", "start", help="Event time it applies from: ISO-8601, epoch ms or "
+              "relative (-2h) [default: now].")
 @_registry_options
-def baseline_publish(path: str, model: str, version: str, config_path: str,
-                     bootstrap_servers: str | None) -> None:
-    """Register a baseline on Kafka: running services use it from their next pane on."""
+def baseline_publish(path: str, model: str, version: str, start: str | None,
+                     config_path: str, bootstrap_servers: str | None) -> None:
+    """Register a baseline on Kafka: running services judge that model and version against
+    it from the pane that holds --from on, without a restart."""
     from .kafka.registry import BaselineRegistry
+    from .timeparse import format_time, parse_time
 
     config = _load_config(config_path)
     loaded = Baseline.load(path)
+    try:
+        from_time = parse_time(start) if start is not None else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--from") from None
     registry = BaselineRegistry(config.kafka, bootstrap_servers)
-    entry = registry.publish(loaded, model, version)
+    entry = registry.publish(loaded, model, version, from_time)
     click.echo(f"published {path} (baseline {loaded.id}, {len(loaded.features)} features) as "
                f"model {model!r} version {version or '(any)'!r} in {registry.topic} "
                f"({entry.parts} part{'s' if entry.parts != 1 else ''}, "
-               f"{entry.size / 1024:.1f} KiB)")
+               f"{entry.size / 1024:.1f} KiB), applying from {format_time(entry.from_time)}")
 
 
 @baseline.command("list")

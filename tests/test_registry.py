@@ -118,7 +118,17 @@ def test_cli_publish_and_list(kafka_bootstrap, tmp_path):
     assert listed.exit_code == 0, listed.output
     row = [line for line in listed.output.splitlines() if line.startswith("churn")]
     assert len(row) == 1 and "2024-11" in row[0] and wide.id in row[0]
-    assert " 300 features" in row[0]
+    assert " 300 features" in row[0] and "applies from 20" in row[0]
+
+    dated = runner.invoke(main, ["baseline", "publish", str(path), "--model", "churn",
+                                 "--version", "2024-12", "--from", "2025-11-28T10:00:00Z",
+                                 "--config", str(toml)])
+    assert dated.exit_code == 0, dated.output
+    entries = BaselineRegistry(Config.from_toml(toml).kafka).entries()
+    assert entries[("churn", "2024-12")].from_time == 1_764_324_000_000
+    bad = runner.invoke(main, ["baseline", "publish", str(path), "--model", "churn",
+                               "--from", "next tuesday", "--config", str(toml)])
+    assert bad.exit_code == 2 and "--from" in bad.output
 
     missing = runner.invoke(main, ["baseline", "retire", "--model", "nope", "--config",
                                    str(toml)])

@@ -3,9 +3,11 @@
 ``streamskew baseline publish BASELINE --model M --version V`` writes a baseline to the
 registry topic (``[kafka] baselines_topic``, ``<group_id>.baselines`` by default); every
 running ``streamskew run`` of the deployment follows the topic and judges that model and
-version against it from its next pane on, without a restart. ``streamskew baseline list``
-shows what is registered. Baseline files (``--baseline``, ``[models.<name>] baseline``)
-work as before without any of this.
+version against it from the pane that holds the entry's ``from_time`` on (the event time
+it applies from: the moment of publishing unless ``--from`` says otherwise), without a
+restart. A replay applies each entry from the same event time, so it gives the events the
+live run gave. ``streamskew baseline list`` shows what is registered. Baseline files
+(``--baseline``, ``[models.<name>] baseline``) work as before without any of this.
 
 On the topic (one partition, ``cleanup.policy=compact``: the latest value per key is kept):
 
@@ -13,7 +15,8 @@ On the topic (one partition, ``cleanup.policy=compact``: the latest value per ke
   Kafka's default 1 MiB record limit whatever the baseline's size), written under
   ``<key>/part/<publication>/<i>``, **then** a small manifest under the key
   (``["model", "version"]`` as JSON): format, model, version, the baseline's id, when it was
-  published, the publication id, the part count, size and SHA-256. One partition keeps them
+  published, the event time it applies from, the publication id, the part count, size and
+  SHA-256. One partition keeps them
   in that order, so whoever reads a manifest has read its parts;
 - publishing again under the same key replaces the manifest (compaction drops the old one)
   and deletes the previous publication's parts with tombstones;
@@ -41,6 +44,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from ..baseline import Baseline, BaselineError
 from ..config import KafkaConfig
 from ..errors import StreamskewError
+from ..timeparse import format_time
 from .clients import consumer_settings, producer_settings
 from .failures import connect_admin
 from .topics import TopicSpec, ensure_topics
@@ -77,6 +81,7 @@ class RegistryEntry:
     version: str
     baseline: Baseline = field(repr=False)
     published_at: str = ""
+    from_time: int = 0  # epoch ms of event time: panes from the one holding it on
     publication: str = ""
     size: int = 0  # the baseline's JSON bytes
     parts: int = 0  # records its compressed bytes were cut into
@@ -89,7 +94,8 @@ class RegistryEntry:
         version = self.version or "(any)"
         return (f"{self.model:<24} {version:<12} {self.baseline.id}  "
                 f"{len(self.baseline.features):>4} features  {self.baseline.count:>10,} rows  "
-                f"{self.size / 1024:>8.1f} KiB  published {self.published_at}")
+                f"{self.size / 1024:>8.1f} KiB  published {self.published_at}, applies "
+                f"from {format_time(self.from_time)}")
 
 
 def entry_key(model: str, version: str) -> bytes:
@@ -180,7 +186,8 @@ class _Assembler:
             self._drop_part(k)
         self.manifests[key] = manifest
         return RegistryEntry(model, version, baseline, manifest.get("published_at", ""),
-                             publication, len(data), len(keys))
+                             int(manifest.get("from_time", 0)), publication, len(data),
+                             len(keys))
 
 
 class BaselineRegistry:
@@ -216,8 +223,10 @@ class BaselineRegistry:
                 found.pop(outcome, None)
         return found
 
-    def publish(self, baseline: Baseline, model: str, version: str = "") -> RegistryEntry:
-        """Register ``baseline`` for ``model`` at ``version``; replaces what was there."""
+    def publish(self, baseline: Baseline, model: str, version: str = "",
+                from_time: int | None = None) -> RegistryEntry:
+        """Register ``baseline`` for ``model`` at ``version`` from event time ``from_time``
+        (epoch ms; default now); replaces what was there."""
         if not model:
             raise RegistryError("baseline publish: --model must not be empty")
         self._ensure_topic()
@@ -227,9 +236,13 @@ class BaselineRegistry:
         publication = secrets.token_hex(6)
         key = entry_key(model, version)
         parts = [body[i:i + self.part_bytes] for i in range(0, len(body), self.part_bytes)]
-        published_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = datetime.now(UTC)
+        published_at = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+        if from_time is None:
+            from_time = int(now.timestamp() * 1000)
         manifest = {"format": REGISTRY_FORMAT, "model": model, "version": version,
                     "baseline_id": baseline.id, "published_at": published_at,
+                    "from_time": from_time,
                     "publication": publication, "parts": len(parts), "size": len(data),
                     "sha256": hashlib.sha256(data).hexdigest()}
         producer = KafkaProducer(**producer_settings(
@@ -247,8 +260,8 @@ class BaselineRegistry:
             producer.flush()
         finally:
             producer.close()
-        return RegistryEntry(model, version, baseline, published_at, publication, len(data),
-                             len(parts))
+        return RegistryEntry(model, version, baseline, published_at, from_time, publication,
+                             len(data), len(parts))
 
     def retire(self, model: str, version: str = "") -> RegistryEntry:
         """Remove ``model`` at ``version`` from the registry (running services keep the
