@@ -271,7 +271,8 @@ class LabelsConfig:
 
 # kafka-python settings we pass straight through, with Kafka's own names.
 _KAFKA_OWN_KEYS = ("bootstrap_servers", "topics", "topic_pattern", "group_id", "alerts_topic",
-                   "dlq_topic", "state_topic", "panes_topic", "baselines_topic")
+                   "dlq_topic", "state_topic", "panes_topic", "baselines_topic",
+                   "panes_partitions")
 
 
 @dataclass(frozen=True)
@@ -296,6 +297,9 @@ class KafkaConfig:
     state_topic: str = ""  # "" = <group_id>.state
     panes_topic: str = ""  # "" = <group_id>.panes
     baselines_topic: str = ""  # "" = <group_id>.baselines
+    # Partitions of the panes topic when streamskew creates it: models are spread over them,
+    # one evaluator per partition (an existing topic keeps its count).
+    panes_partitions: int = 1
     client: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:
@@ -616,6 +620,11 @@ class _Reader:
                 values[key] = tuple(value)
             elif key == "bootstrap_servers" and isinstance(value, list):
                 values[key] = tuple(str(v) for v in value)
+            elif key == "panes_partitions":
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise self.fail("kafka", key, f" = {value!r}: must be a whole number of "
+                                    "partitions, 1 or more (e.g. panes_partitions = 3)")
+                values[key] = value
             elif not isinstance(value, str):
                 raise self.fail("kafka", key, f" = {value!r}: must be a string")
             else:

@@ -49,6 +49,7 @@ from ..detector.evaluator import WindowResult
 from ..detector.events import SkewEvent
 from .clients import admin_settings, consumer_settings, producer_settings
 from .evaluator_stage import EvaluatorStage
+from .evaluators import EvaluatorStages
 from .failures import KafkaProblem, connect_admin, explain, is_transient
 from .metrics import Metrics, NullMetrics
 from .slots import Slot
@@ -120,9 +121,9 @@ class DetectorService:
         self.checkpoints = CheckpointStore(self.kafka.state_topic, self.group)
         self.source_stage = SourceStage(config, self.baselines, self.metrics, clock,
                                         until_end, idle_timeout_s, self.checkpoints)
-        self.evaluator_stage = EvaluatorStage(config, self.baselines, self.metrics,
-                                              lambda: self.expected_sources, self.checkpoints,
-                                              on_window)
+        self.evaluator_stage = EvaluatorStages(lambda: EvaluatorStage(
+            config, self.baselines, self.metrics, lambda: self.expected_sources,
+            self.checkpoints, on_window))
         self.joined_sources = self.joined_evaluator = False
         self._evaluator_due = 0  # checkpoints since the evaluator's last commit
         self._committed_since_failure = True
@@ -301,8 +302,8 @@ class DetectorService:
     def _poll_panes(self) -> None:
         # A zero timeout never lets the group join complete; keep it short once joined.
         busy = self.joined_evaluator and bool(self.source_stage.sources)
-        for records in self.panes_consumer.poll(timeout_ms=10 if busy else 100).values():
-            self.evaluator_stage.on_records(records)
+        for tp, records in self.panes_consumer.poll(timeout_ms=10 if busy else 100).items():
+            self.evaluator_stage.on_records(tp, records)
 
     # -- commits -----------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from ..config import Config
 from ..detector.builder import BuilderStats, PaneBuilder, SealedPane
 from ..detector.window import BaselineMismatch, Pane
 from ..records import NO_TIME, BadRecord
+from .evaluators import panes_partition
 from .metrics import Metrics
 from .state import BuilderCheckpoint, CheckpointStore, PaneMessage, builder_key
 from .topics import RetentionWatch
@@ -221,12 +222,14 @@ class SourceStage:
             return False
         assert self.consumer is not None
         panes_partitions = sorted(producer.partitions_for(self.kafka.panes_topic))
+        partitions = len(panes_partitions)
         with transaction(producer):
             offsets = {}
             for source, (watermark, idle, final) in due:
                 for sealed in source.panes:
                     for payload in pane_parts(sealed.pane, self.checkpoints.part_bytes):
                         producer.send(self.kafka.panes_topic, key=sealed.model.encode(),
+                                      partition=panes_partition(sealed.model, partitions),
                                       value=PaneMessage("pane", source.name, self.group,
                                                         model=sealed.model, index=sealed.index,
                                                         baseline=sealed.pane.baseline_id,

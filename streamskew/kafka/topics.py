@@ -39,9 +39,9 @@ def internal_topics(kafka: KafkaConfig) -> list[TopicSpec]:
         TopicSpec(kafka.alerts_topic, 3, {"retention.ms": "-1",
                                           "retention.bytes": str(ALERTS_BYTES)}),
         TopicSpec(kafka.dlq_topic, 3, {"retention.ms": str(7 * DAY_MS)}),
-        # One partition: every model's partial panes meet in one evaluator, so N replicas
-        # give one verdict. (More partitions spread models over evaluators.)
-        TopicSpec(kafka.panes_topic, 1, {"retention.ms": str(DAY_MS)}),
+        # Every model's partial panes meet in the evaluator of its panes partition, so N
+        # replicas give one verdict; more partitions spread the models over evaluators.
+        TopicSpec(kafka.panes_topic, kafka.panes_partitions, {"retention.ms": str(DAY_MS)}),
         TopicSpec(kafka.state_topic, 1, {"cleanup.policy": "compact",
                                          "min.compaction.lag.ms": "60000"}),
     ]
