@@ -34,7 +34,15 @@ from ..config import Config
 from ..records import NO_TIME, split_identity
 from ..sketch.numeric import NumericSummary
 from .builder import WHOLE_INPUT, baseline_for
-from .checks import JOINT_CHECK, PERSISTENT_CHECK, SURGE_CHECK, CheckResult, Judge
+from .checks import (
+    JOINT_CHECK,
+    PERSISTENT_CHECK,
+    SURGE_CHECK,
+    VERSION_SHIFT_CHECK,
+    CheckResult,
+    Judge,
+    version_shift,
+)
 from .events import SkewEvent
 from .hysteresis import Hysteresis
 from .models import ModelBaselines
@@ -117,6 +125,9 @@ class Evaluator:
         self.events = 0
         self.late_panes = 0  # partial panes that came after their pane had closed
         self.late_records = 0  # ... and the records in them
+        # version_shift hysteresis per (model, version, version), versions sorted.
+        self.shift_states: dict[tuple[str, str, str], dict[tuple[str, str, str],
+                                                           Hysteresis]] = {}
         self.unknown_panes = 0  # partial panes of models without a baseline (other processes)
         self.unknown_records = 0  # ... and the records in them
 
@@ -165,8 +176,85 @@ class Evaluator:
             index = self._next_pane(target)
             for state in self.models.values():
                 events.extend(self._close(state, index))
+            if self.baselines.versioned and self.config.models.version_shift:
+                events.extend(self._version_shifts(index))
             self.closed_through = index
         return events
+
+    # -- version A/B -------------------------------------------------------------------------
+
+    def _version_shifts(self, index: int | None) -> list[SkewEvent]:
+        """Versions of one model that served in this window, compared with each other:
+        each with the version that served the most records (the stable one), when both
+        were summarized against the same baseline (their bins then mean the same)."""
+        groups: dict[str, list[_ModelState]] = {}
+        for state in self.models.values():
+            window = state.window
+            if state.version is None or not window.has_records or not window.panes:
+                continue
+            if index is not None and window.panes[-1].index != index:
+                continue
+            groups.setdefault(state.name, []).append(state)
+        events: list[SkewEvent] = []
+        for states in groups.values():
+            if len(states) < 2:
+                continue
+            states.sort(key=lambda s: (-s.window.aggregate.records, s.version or ""))
+            reference = states[0]
+            for other in states[1:]:
+                if other.baseline.id == reference.baseline.id:
+                    events.extend(self._compare_versions(reference, other, index))
+        self.events += len(events)
+        return events
+
+    def _compare_versions(self, reference: _ModelState, other: _ModelState,
+                          index: int | None) -> list[SkewEvent]:
+        pair = (reference.name, *sorted((reference.version or "", other.version or "")))
+        states = self.shift_states.setdefault(pair, {})  # type: ignore[arg-type]
+        start = end = None
+        if index is not None:
+            start = (index - reference.window.size + 1) * self.pane_ms
+            end = (index + 1) * self.pane_ms
+        events = []
+        for result in version_shift(reference.judge, reference.window.aggregate,
+                                    other.window.aggregate):
+            if not result.judged:
+                continue
+            key = result.key
+            hysteresis = states.get(key)
+            if hysteresis is None:
+                d = reference.config.detect
+                hysteresis = states[key] = Hysteresis(d.raise_after, d.resolve_after,
+                                                      d.resolve_ratio)
+            change = hysteresis.observe(result.value, result.threshold)
+            if change is None:
+                continue
+            events.append(self._shift_event(reference, other, result, change, start, end))
+        return events
+
+    def _shift_event(self, reference: _ModelState, other: _ModelState, result: CheckResult,
+                     change: str, start: int | None, end: int | None) -> SkewEvent:
+        name = result.feature
+        judge = reference.judge
+        sides = {}
+        for state in (other, reference):
+            summary = state.window.aggregate.summaries[name]
+            sides[state.version] = {"count": summary.count,
+                                    **judge.evidence(name, summary)["serving"]}
+        evidence = {"versions": sides, "compared": [other.version, reference.version],
+                    **dict(result.detail or {})}
+        if change == "skew_resolved":
+            severity = "info"
+        else:
+            severity = "critical" if result.value >= 2 * result.threshold else "warning"
+        baseline = reference.baseline
+        return SkewEvent(type=change, model=reference.name, feature=name, kind=result.kind,
+                         check=VERSION_SHIFT_CHECK, metric=result.metric, value=result.value,
+                         threshold=result.threshold, severity=severity, window_start=start,
+                         window_end=end, window_count=result.count, baseline_id=baseline.id,
+                         baseline_count=baseline.count, evidence=evidence,
+                         model_version=other.version, compared_version=reference.version,
+                         versioned=True)
 
     def _next_pane(self, target: int) -> int:
         """The next pane, skipping stretches where every window is empty anyway."""
@@ -194,11 +282,15 @@ class Evaluator:
     def flush(self) -> list[SkewEvent]:
         """End of input: close every pending pane (or judge the whole input as one window)."""
         events: list[SkewEvent] = []
+        whole = False
         for state in self.models.values():
             pane = state.pending.pop(WHOLE_INPUT, None)
             if pane is not None:
+                whole = True
                 state.window.push(pane)
                 events.extend(self._judge(state, None, None))
+        if whole and self.baselines.versioned and self.config.models.version_shift:
+            events.extend(self._version_shifts(None))
         last = max((i for s in self.models.values() for i in s.pending), default=None)
         if last is not None:
             events.extend(self.advance((last + 1) * self.pane_ms))
@@ -359,6 +451,9 @@ class Evaluator:
         """Everything needed to continue elsewhere: windows, pending panes, hysteresis."""
         return orjson.dumps({
             "closed_through": self.closed_through,
+            "version_shift": [[*pair, *key, h.active, h.streak]
+                              for pair, states in self.shift_states.items()
+                              for key, h in states.items()],
             "models": {
                 model: {
                     "window": [b64encode(p.to_bytes()).decode() for p in s.window.panes],
@@ -398,6 +493,13 @@ class Evaluator:
             models[model] = state
         self.models = models
         self.closed_through = raw["closed_through"]
+        self.shift_states = {}
+        for name, v1, v2, feature, check, metric, active, streak in raw.get("version_shift",
+                                                                             []):
+            d = self.config.for_model(name).detect
+            h = Hysteresis(d.raise_after, d.resolve_after, d.resolve_ratio)
+            h.active, h.streak = active, streak
+            self.shift_states.setdefault((name, v1, v2), {})[(feature, check, metric)] = h
 
 
 def _block_json(block: int, counts: Mapping[str, np.ndarray]) -> dict[str, Any]:
