@@ -449,3 +449,55 @@ def test_a_version_sending_kilometres_raises_version_shift_for_that_feature(flig
     again = Detector(config, {"flights": baseline})
     replayed = again.process(stream) + again.flush()
     assert [e.event_id for e in replayed] == [e.event_id for e in events]
+
+
+# -- the command line ------------------------------------------------------------------------
+
+def test_detect_takes_per_model_baselines_from_the_config(tmp_path, two_baselines):
+    """`detect` with [models.fraud] and [models.churn]: a skew injected in churn raises
+    events for churn only, each against its own baseline file; a third model is
+    dead-lettered unknown_model; --baseline then judges it against that file instead."""
+    import orjson
+    from click.testing import CliRunner
+
+    from streamskew.cli import main
+
+    two_baselines["fraud"].save(tmp_path / "fraud.json")
+    two_baselines["churn"].save(tmp_path / "churn.json")
+    (tmp_path / "streamskew.toml").write_text(
+        '[window]\nsize = "10m"\npane = "1m"\n\n'
+        '[models.fraud]\nbaseline = "fraud.json"\n\n'
+        '[models.churn]\nbaseline = "churn.json"\n')
+    rng = np.random.default_rng(40)
+    stream = _interleave(
+        _requests(rng, 18_000, "fraud", 0.0),
+        _requests(rng, 9000, "churn", 3.0) + _requests(rng, 9000, "churn", 3.0,
+                                                       start=T0 + 9000 * 100, scale=100.0),
+        _requests(rng, 1000, "spam", 0.0, step_ms=1800))
+    (tmp_path / "requests.jsonl").write_bytes(b"\n".join(orjson.dumps(r) for r in stream))
+    args = ["detect", "--config", str(tmp_path / "streamskew.toml"),
+            str(tmp_path / "requests.jsonl"), "--output", str(tmp_path / "events.jsonl"),
+            "--dead-letter", str(tmp_path / "bad.jsonl")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    events = [orjson.loads(line) for line in
+              (tmp_path / "events.jsonl").read_bytes().splitlines()]
+    raised = [e for e in events if e["type"] == "skew_detected"]
+    assert raised and {e["model"] for e in raised} == {"churn"}
+    assert {e["baseline"]["id"] for e in raised} == {two_baselines["churn"].id}
+    dead = [orjson.loads(line) for line in (tmp_path / "bad.jsonl").read_bytes().splitlines()]
+    assert len(dead) == 1000 and {d["reason"] for d in dead} == {"unknown_model"}
+    assert "rejected=1000 (unknown_model=1000)" in result.output
+    assert "most frequent unknown models: spam=1000" in result.output
+
+    # --baseline beside [models]: the named models keep theirs, every other model gets it.
+    two_baselines["fraud"].save(tmp_path / "any.json")
+    result = CliRunner().invoke(main, [*args, "--baseline", str(tmp_path / "any.json")])
+    assert result.exit_code == 0, result.output
+    assert "rejected=0" in result.output
+
+    shown = CliRunner().invoke(main, ["baseline", "show", "--config",
+                                      str(tmp_path / "streamskew.toml")])
+    assert shown.exit_code == 0, shown.output
+    assert "== model churn, every version:" in shown.output
+    assert "== model fraud, every version:" in shown.output
