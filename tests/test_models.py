@@ -501,3 +501,20 @@ def test_detect_takes_per_model_baselines_from_the_config(tmp_path, two_baseline
     assert shown.exit_code == 0, shown.output
     assert "== model churn, every version:" in shown.output
     assert "== model fraud, every version:" in shown.output
+
+
+def test_example_models_sections_load_when_uncommented(tmp_path):
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "configs" / "example.toml").read_text()
+    start = text.index("# [models.fraud]")
+    block = text[start:text.index("# Performance skew", start)]
+    lines = [line[2:].split("  #")[0] for line in block.splitlines() if line.startswith("# ")]
+    path = tmp_path / "c.toml"
+    path.write_text('[message]\nmodel_version = "v"\n' + "\n".join(lines) + "\n")
+    config = Config.from_toml(path)
+    fraud = config.models.entries["fraud"]
+    assert fraud.baseline == str((tmp_path / "fraud.json").resolve())
+    assert set(fraud.versions) == {"3", "4"} and fraud.fallback == "latest"
+    assert config.for_model("fraud").detect.numeric_threshold == 0.15
+    assert config.for_model("fraud").feature("amount").threshold == 0.2
