@@ -23,6 +23,7 @@ from . import logs
 from .baseline import Baseline
 from .config import Config, check_feature_overrides
 from .detector import DetectorStats, SkewEvent
+from .detector.models import DEFAULT_MODEL, ModelBaselines
 from .errors import StreamskewError
 from .verdict import (
     EXIT_BLIND,
@@ -159,16 +160,38 @@ def _load_config(path: str | None) -> Config:
     return Config() if path is None else Config.from_toml(path)
 
 
-def _load_baseline(path: str | None, config: Config) -> Baseline:
+def _load_baseline(path: str | None, config: Config) -> Baseline | ModelBaselines:
+    """The baseline(s) of a run. With ``[models.<name>]`` sections each named model is
+    judged against its own files, and ``--baseline`` (or ``baseline``), when given, judges
+    every other model (up to ``[models] max_models``); without them, the one baseline
+    judges every model, as always."""
     path = path or config.baseline
+    if config.models.entries:
+        default = Baseline.load(path) if path else None
+        models = ModelBaselines.from_config(config, default)
+        for name, _version, baseline in models.describe():
+            own = config.for_model(name) if name != DEFAULT_MODEL else config
+            check_feature_overrides(own, baseline.features,
+                                    f"the baseline {baseline.id} of model {name}")
+        return models
     if not path:
-        raise click.UsageError("no baseline: pass --baseline or set `baseline` in the config")
+        raise click.UsageError("no baseline: pass --baseline, set `baseline` in the config, "
+                               "or add [models.<name>] sections with their baselines")
     baseline = Baseline.load(path)
     check_feature_overrides(config, baseline.features, _baseline_label(path, baseline))
     return baseline
 
 
-def _baseline_label(path: str | None, baseline: Baseline) -> str:
+def _any_baseline(baselines: Baseline | ModelBaselines) -> Baseline:
+    """One baseline to stand for all (labels, the report's fallback track)."""
+    if isinstance(baselines, Baseline):
+        return baselines
+    return next(iter(baselines.values()))
+
+
+def _baseline_label(path: str | None, baseline: Baseline | ModelBaselines) -> str:
+    if isinstance(baseline, ModelBaselines):
+        return f"the baselines of [models] ({', '.join(baseline.models()) or 'default'})"
     return f"the baseline {path or baseline.id}"
 
 
@@ -226,15 +249,32 @@ def baseline_build(config_path: str | None, inputs: tuple[str, ...],
 
 
 @baseline.command("show")
-@click.argument("path", type=click.Path(dir_okay=False))
+@click.argument("path", type=click.Path(dir_okay=False), required=False)
 @click.option("--check-input", "check_inputs", multiple=True,
               help="Also say whether this input (training data or JSONL messages; - for "
               "stdin) fits the baseline: which of its features it carries (first rows).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="TOML config ([message] paths for --check-input).")
-def baseline_show(path: str, check_inputs: tuple[str, ...], config_path: str | None) -> None:
-    """Print a readable per-feature summary of a baseline file."""
+def baseline_show(path: str | None, check_inputs: tuple[str, ...], config_path: str | None
+                  ) -> None:
+    """Print a readable per-feature summary of a baseline file; without PATH, of every
+    model's and version's baseline in the config's [models] sections."""
     config = _load_config(config_path)
+    if path is None:
+        if not config.models.entries:
+            raise click.UsageError("no baseline: give PATH, or --config with [models.<name>] "
+                                   "sections")
+        models = ModelBaselines.from_config(config)
+        for name, version, each in models.describe():
+            entry = config.models.entries.get(name)
+            file = entry.baseline if version is None else entry.versions[version] \
+                if entry is not None else None
+            which = "every version" if version is None else f"version {version}"
+            click.echo(f"== model {name}, {which}: {file}")
+            click.echo(each.describe())
+            if check_inputs:
+                _check_input_fits(each, str(file), check_inputs, config)
+        return
     loaded = Baseline.load(path)
     click.echo(loaded.describe())
     if check_inputs:
@@ -386,13 +426,13 @@ def detect(config_path: str | None, baseline_path: str | None, inputs: tuple[str
     sources = resolve_inputs(names)  # fails before anything is written
     if labels:
         resolve_inputs(labels)
-        if baseline.performance is None:
+        if _any_baseline(baseline).performance is None:
             raise _Problem(f"--labels: the baseline {baseline_path or config.baseline} has no "
                            "reference performance; rebuild it on the validation set with "
                            "`streamskew baseline build --label COL [--prediction COL]`")
     if report:
         _require("jinja2")
-    collector = ReportCollector(baseline) if report else None
+    collector = ReportCollector(_any_baseline(baseline)) if report else None
     watch = WindowWatch(collector.on_window if collector else None,
                         _baseline_label(baseline_path or config.baseline, baseline),
                         announce=False)
@@ -613,7 +653,7 @@ def replay(config_path: str, baseline_path: str | None, bootstrap_servers: str |
         raise click.UsageError("--publish and --output are exclusive")
     if report:
         _require("jinja2")
-    collector = ReportCollector(baseline) if report else None
+    collector = ReportCollector(_any_baseline(baseline)) if report else None
     watch = WindowWatch(collector.on_window if collector else None,
                         _baseline_label(baseline_path or config.baseline, baseline),
                         announce=False)

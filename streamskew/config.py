@@ -36,6 +36,8 @@ __all__ = [
     "KafkaConfig",
     "LabelsConfig",
     "MessageConfig",
+    "ModelConfig",
+    "ModelsConfig",
     "WindowConfig",
     "check_feature_overrides",
     "parse_duration",
@@ -92,6 +94,7 @@ class MessageConfig:
     features: str = "features"
     timestamp: str | None = "timestamp"
     model: str | None = "model"
+    model_version: str | None = None  # set: state, windows and events per (model, version)
     prediction: str | None = "prediction"
     exclude: tuple[str, ...] = ()
     max_bytes: int = 1_048_576
@@ -317,6 +320,49 @@ def _is_secret(key: str) -> bool:
     return any(word in key for word in ("password", "secret", "token", "key"))
 
 
+FALLBACKS = ("none", "latest")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One ``[models.<name>]`` section: the model's baseline(s) and its own settings.
+
+    ``baseline`` judges every version of the model that has no baseline of its own in
+    ``versions`` (version -> file). ``fallback`` (``"latest"`` or ``"none"``; None: the
+    ``[models]`` one) says what a version with neither gets: the model's latest baseline
+    (the last in ``versions``), or nothing (its records are dead-lettered
+    ``unknown_version``). ``detect`` and ``features`` are the global ones with this
+    model's overrides applied.
+    """
+
+    name: str
+    baseline: str | None = None
+    versions: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    fallback: str | None = None
+    detect: DetectConfig = field(default_factory=DetectConfig)
+    features: Mapping[str, FeatureConfig] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class ModelsConfig:
+    """``[models]``: which models are judged, against what, and how many unknown names.
+
+    Without ``[models.<name>]`` sections every model is judged against the one baseline
+    (``baseline`` / ``--baseline``), but only the first ``max_models`` distinct names get
+    state: later ones are dead-lettered ``unknown_model``. With sections, the named models
+    are judged against their own baselines and other names are dead-lettered (or judged
+    against ``--baseline``, up to ``max_models`` of them, when one is given). A model judged
+    against one baseline for all its versions keeps state for at most ``max_versions``
+    versions; later ones are dead-lettered ``unknown_version``.
+    """
+
+    fallback: str = "none"
+    max_models: int = 100
+    max_versions: int = 10
+    version_shift: bool = True  # two versions of a model in one window: compare them
+    entries: Mapping[str, ModelConfig] = field(default_factory=lambda: MappingProxyType({}))
+
+
 @dataclass(frozen=True)
 class Config:
     """All settings of one streamskew deployment (see ``configs/example.toml``)."""
@@ -330,6 +376,7 @@ class Config:
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     source: str = "<defaults>"
     labels: LabelsConfig | None = None  # [labels]: performance skew (None: not configured)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str]) -> Config:
@@ -347,6 +394,10 @@ class Config:
         if config.baseline and not Path(config.baseline).is_absolute():
             resolved = str((path.parent / config.baseline).resolve())
             config = _replace(config, baseline=resolved)
+        if config.models.entries:
+            config = _replace(config, models=_replace(config.models, entries=MappingProxyType(
+                {name: _resolve_paths(entry, path.parent)
+                 for name, entry in config.models.entries.items()})))
         return config
 
     @classmethod
@@ -358,8 +409,32 @@ class Config:
         """The overrides for ``name`` (defaults when none are configured)."""
         return self.features.get(name, _NO_OVERRIDES)
 
+    def for_model(self, model: str) -> Config:
+        """The settings that judge ``model``: its ``[models.<name>]`` detect and feature
+        overrides applied (this config itself when it has none).
+
+        >>> cfg = Config.from_dict({"models": {"fraud": {"baseline": "f.json",
+        ...                         "detect": {"numeric_threshold": 0.2}}}})
+        >>> [cfg.for_model(m).detect.numeric_threshold for m in ("fraud", "spam")]
+        [0.2, 0.1]
+        """
+        entry = self.models.entries.get(model)
+        if entry is None or (entry.detect == self.detect and entry.features == self.features):
+            return self
+        return _replace(self, detect=entry.detect, features=entry.features)
+
 
 _NO_OVERRIDES = FeatureConfig()
+
+
+def _resolve_paths(entry: ModelConfig, folder: Path) -> ModelConfig:
+    """Baseline paths of a ``[models.<name>]`` section are relative to the config file."""
+    def resolve(path: str | None) -> str | None:
+        if path is None or Path(path).is_absolute():
+            return path
+        return str((folder / path).resolve())
+    return _replace(entry, baseline=resolve(entry.baseline), versions=MappingProxyType(
+        {version: resolve(file) for version, file in entry.versions.items()}))
 
 
 def _replace(obj: Any, **changes: Any) -> Any:
@@ -401,7 +476,7 @@ class _Reader:
 
     def read(self, raw: dict[str, Any]) -> Config:
         known = {"baseline", "message", "window", "detect", "build", "features", "kafka",
-                 "labels"}
+                 "labels", "models"}
         for key in raw:
             if key not in known:
                 allowed = ", ".join(sorted(known))
@@ -421,9 +496,72 @@ class _Reader:
         if "labels" in raw:
             labels = self._section(raw, "labels", LabelsConfig)
             self._check_labels(labels)
+        models = self._models(raw.get("models", {}), raw.get("detect", {}),
+                              raw.get("features", {}))
         return Config(baseline=baseline, message=message, window=window, detect=detect,
                       build=build, features=features, kafka=kafka, source=self.source,
-                      labels=labels)
+                      labels=labels, models=models)
+
+    def _models(self, table: Any, detect: Any, features: Any) -> ModelsConfig:
+        """``[models]``: settings (scalars) and one ``[models.<name>]`` table per model."""
+        if not isinstance(table, dict):
+            raise self.fail(None, "models", ": must be a table, e.g. [models.fraud] with "
+                            "baseline = \"fraud.json\"")
+        settings = {k: v for k, v in table.items() if not isinstance(v, dict)}
+        models = self._section({"models": settings}, "models", ModelsConfig)
+        if models.fallback not in FALLBACKS:
+            raise self.fail("models", "fallback", f" = {models.fallback!r}: allowed: "
+                            "\"none\" (a version without a baseline is dead-lettered "
+                            "unknown_version), \"latest\" (judged against the model's latest)")
+        for key in ("max_models", "max_versions"):
+            if getattr(models, key) < 1:
+                raise self.fail("models", key, ": must be at least 1")
+        entries = {name: self._model(name, spec, detect, features)
+                   for name, spec in table.items() if isinstance(spec, dict)}
+        return _replace(models, entries=MappingProxyType(entries))
+
+    def _model(self, name: str, spec: dict[str, Any], detect: Any, features: Any
+               ) -> ModelConfig:
+        section = f"models.{name}"
+        allowed = ("baseline", "versions", "fallback", "detect", "features")
+        for key in spec:
+            if key not in allowed:
+                raise self.fail(section, key, f": unknown key; allowed: {', '.join(allowed)}")
+        baseline = spec.get("baseline")
+        if baseline is not None and not isinstance(baseline, str):
+            raise self.fail(section, "baseline", f" = {baseline!r}: must be the path of a "
+                            "baseline file (relative to the config file)")
+        versions = spec.get("versions", {})
+        if not isinstance(versions, dict) or not all(
+                isinstance(v, str) for v in versions.values()):
+            raise self.fail(section, "versions", ": must map versions to baseline files, "
+                            "e.g. versions = { \"3\" = \"fraud-v3.json\" }")
+        if baseline is None and not versions:
+            raise self.fail(None, f"[{section}]", ": no baseline; add baseline = \"<file>\" or "
+                            "versions = { \"<version>\" = \"<file>\" }")
+        fallback = spec.get("fallback")
+        if fallback is not None and fallback not in FALLBACKS:
+            raise self.fail(section, "fallback", f" = {fallback!r}: allowed: \"none\", "
+                            "\"latest\"")
+        own_detect = spec.get("detect", {})
+        if not isinstance(own_detect, dict) or not isinstance(detect, dict):
+            raise self.fail(section, "detect", ": must be a table, e.g. "
+                            f"[{section}.detect]")
+        merged = self._section({f"{section}.detect": {**detect, **own_detect}},
+                               f"{section}.detect", DetectConfig)
+        self._check_detect(merged, f"{section}.detect")
+        own_features = spec.get("features", {})
+        if not isinstance(own_features, dict) or not isinstance(features, dict):
+            raise self.fail(section, "features", ": must be tables like "
+                            f"[{section}.features.amount]")
+        combined = {n: dict(f) for n, f in features.items() if isinstance(f, dict)}
+        for feature, override in own_features.items():
+            if not isinstance(override, dict):
+                raise self.fail(None, f"{section}.features.{feature}", ": must be a table")
+            combined[feature] = {**combined.get(feature, {}), **override}
+        return ModelConfig(name, baseline, MappingProxyType(
+            {str(v): f for v, f in versions.items()}), fallback, merged,
+            self._features(combined, prefix=f"{section}.") if combined else MappingProxyType({}))
 
     def _section(self, raw: dict[str, Any], name: str, cls: type, table: Any = None) -> Any:
         table = raw.get(name, {}) if table is None else table
@@ -490,47 +628,47 @@ class _Reader:
             raise self.fail("window", "pane", f" = {window.pane!r}: gives {window.panes} panes "
                             "per window; use at most 10000 (a longer pane)")
 
-    def _check_detect(self, detect: DetectConfig) -> None:
+    def _check_detect(self, detect: DetectConfig, section: str = "detect") -> None:
         if detect.numeric_metric not in NUMERIC_METRICS:
-            raise self.fail("detect", "numeric_metric", f" = {detect.numeric_metric!r}: "
+            raise self.fail(section, "numeric_metric", f" = {detect.numeric_metric!r}: "
                             f"allowed: {', '.join(NUMERIC_METRICS)}")
         if detect.categorical_metric not in CATEGORICAL_METRICS:
-            raise self.fail("detect", "categorical_metric", f" = {detect.categorical_metric!r}: "
+            raise self.fail(section, "categorical_metric", f" = {detect.categorical_metric!r}: "
                             f"allowed: {', '.join(CATEGORICAL_METRICS)}")
         if not 0 < detect.alpha < 0.5:
-            raise self.fail("detect", "alpha", f" = {detect.alpha!r}: must be in (0, 0.5), "
+            raise self.fail(section, "alpha", f" = {detect.alpha!r}: must be in (0, 0.5), "
                             "e.g. 1e-5 (the false-alarm rate per window and feature)")
         scales = detect.scales.strip().lower()
         if scales not in ("auto", "none") and not re.fullmatch(r"\s*\d+(\s*,\s*\d+)*\s*",
                                                                 scales):
-            raise self.fail("detect", "scales", f" = {detect.scales!r}: use \"auto\" (the "
+            raise self.fail(section, "scales", f" = {detect.scales!r}: use \"auto\" (the "
                             "newest 1, 2, 4, ... panes up to half the window), \"none\", or "
                             "pane counts like \"1,3\"")
         if scales not in ("auto", "none") and any(
                 int(part) < 1 for part in scales.split(",")):
-            raise self.fail("detect", "scales", f" = {detect.scales!r}: a scale is at least 1 "
+            raise self.fail(section, "scales", f" = {detect.scales!r}: a scale is at least 1 "
                             "pane")
         if detect.surge_factor < 1:
-            raise self.fail("detect", "surge_factor", f" = {detect.surge_factor!r}: must be "
+            raise self.fail(section, "surge_factor", f" = {detect.surge_factor!r}: must be "
                             "at least 1 (3.0 flags a share that triples or falls to a third)")
         if not 0 <= detect.surge_min_change < 1:
-            raise self.fail("detect", "surge_min_change", f" = {detect.surge_min_change!r}: "
+            raise self.fail(section, "surge_min_change", f" = {detect.surge_min_change!r}: "
                             "must be a share in [0, 1), e.g. 0.01")
         if not 0 < detect.joint_variance < 1:
-            raise self.fail("detect", "joint_variance", f" = {detect.joint_variance!r}: must "
+            raise self.fail(section, "joint_variance", f" = {detect.joint_variance!r}: must "
                             "be in (0, 1), e.g. 0.9 (the share of variance the principal "
                             "components keep)")
         if detect.persistent_windows < 2:
-            raise self.fail("detect", "persistent_windows", ": must be at least 2 windows")
+            raise self.fail(section, "persistent_windows", ": must be at least 2 windows")
         if detect.persistent_ratio > 1:
-            raise self.fail("detect", "persistent_ratio", f" = {detect.persistent_ratio!r}: "
+            raise self.fail(section, "persistent_ratio", f" = {detect.persistent_ratio!r}: "
                             "must be in [0, 1] (a share of the threshold)")
         if not 0 < detect.resolve_ratio <= 1:
-            raise self.fail("detect", "resolve_ratio", f" = {detect.resolve_ratio!r}: "
+            raise self.fail(section, "resolve_ratio", f" = {detect.resolve_ratio!r}: "
                             "must be in (0, 1]; 0.8 resolves below 80% of the threshold")
         for key in ("raise_after", "resolve_after"):
             if getattr(detect, key) < 1:
-                raise self.fail("detect", key, ": must be at least 1 window")
+                raise self.fail(section, key, ": must be at least 1 window")
 
     def _check_labels(self, labels: LabelsConfig) -> None:
         allowed = "use a number with a unit: 500ms, 90s, 15m, 1h, 1d"
@@ -578,12 +716,12 @@ class _Reader:
                        if not getattr(labels, k))
             raise self.fail("labels", key, ": must be a path (e.g. \"request_id\")")
 
-    def _features(self, table: Any) -> Mapping[str, FeatureConfig]:
+    def _features(self, table: Any, prefix: str = "") -> Mapping[str, FeatureConfig]:
         if not isinstance(table, dict):
             raise self.fail(None, "features", ": must be tables like [features.amount]")
         result = {}
         for name, spec in table.items():
-            section = f"features.{name}"
+            section = f"{prefix}features.{name}"
             if not isinstance(spec, dict):
                 raise self.fail(None, section, ": must be a table, e.g. [features.amount]")
             feature = self._section({section: spec}, section, FeatureConfig)

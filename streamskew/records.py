@@ -39,7 +39,31 @@ import orjson
 
 from .config import MessageConfig
 
-__all__ = ["BadRecord", "Columns", "Decoder", "Reason"]
+__all__ = ["VERSION_SEPARATOR", "BadRecord", "Columns", "Decoder", "Reason", "identity_key",
+           "split_identity"]
+
+# With [message] model_version, a record's model key is "<model>\x1f<version>": the engine
+# keeps state per key, and the Kafka stages pass keys through as they are.
+VERSION_SEPARATOR = "\x1f"
+
+
+def identity_key(model: str, version: str | None) -> str:
+    r"""The engine's key of a (model, version); ``version`` None: versions not configured.
+
+    >>> identity_key("fraud", "3"), identity_key("fraud", None)
+    ('fraud\x1f3', 'fraud')
+    """
+    return model if version is None else f"{model}{VERSION_SEPARATOR}{version}"
+
+
+def split_identity(key: str) -> tuple[str, str | None]:
+    r"""``(model, version)`` of an engine key (version None when versions are not configured).
+
+    >>> split_identity("fraud\x1f3"), split_identity("fraud")
+    (('fraud', '3'), ('fraud', None))
+    """
+    model, separator, version = key.partition(VERSION_SEPARATOR)
+    return (model, version) if separator else (key, None)
 
 
 class Reason:
@@ -57,6 +81,9 @@ class Reason:
     # Event time (decided by the engine's clock, not the decoder):
     LATE = "late"  # the record's pane had already closed
     AHEAD_OF_WATERMARK = "ahead_of_watermark"  # far ahead of its source, and never followed
+    # Models (decided by the engine's baselines):
+    UNKNOWN_MODEL = "unknown_model"  # no baseline for the record's model
+    UNKNOWN_VERSION = "unknown_version"  # the model is known, this version has no baseline
 
 
 @dataclass(frozen=True)
@@ -129,6 +156,13 @@ class Columns:
         )
 
 
+def _version_text(value: Any) -> str:
+    """Versions sent as numbers name the same version as their text: 3, 3.0 and "3"."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def _path(text: str | None) -> tuple[str, ...]:
     return tuple(text.split(".")) if text else ()
 
@@ -170,11 +204,13 @@ class Decoder:
         self.features_path = _path(message.features)
         self.timestamp_path = _path(message.timestamp)
         self.model_path = _path(message.model)
+        self.version_path = _path(message.model_version)
         self.prediction_path = _path(message.prediction)
         self.prediction_name = self.prediction_path[-1] if self.prediction_path else None
         # Keys that are not features in flat messages (features = "").
         self.flat_skip = set(message.exclude)
-        for path in (self.timestamp_path, self.model_path, self.prediction_path):
+        for path in (self.timestamp_path, self.model_path, self.version_path,
+                     self.prediction_path):
             if path:
                 self.flat_skip.add(path[0])
 
@@ -345,11 +381,18 @@ class Decoder:
         return result, ok
 
     def _models(self, objects: list[Any]) -> np.ndarray | None:
-        if not self.model_path:
+        if not self.model_path and not self.version_path:
             return None
-        values = _column(objects, self.model_path)
+        values = _column(objects, self.model_path) if self.model_path else [None] * len(objects)
         column = np.empty(len(values), dtype=object)
         column[:] = [v if isinstance(v, str) else (None if v is None else str(v)) for v in values]
+        if self.version_path:
+            # The key is (model, version): a record without a version has version "".
+            versions = _column(objects, self.version_path)
+            column[:] = [identity_key("default" if m is None else m,
+                                      v if isinstance(v, str) else ("" if v is None else
+                                                                    _version_text(v)))
+                         for m, v in zip(column, versions, strict=True)]
         return column
 
     def _count_new_features(self, feature_maps: list[dict[str, Any]], columns: Columns) -> None:

@@ -59,6 +59,11 @@ _REASON_HINTS = {
     "bad_timestamp": "the times at [message] timestamp are not epoch milliseconds or ISO-8601 "
                      "with a time zone (or lie more than a day in the future)",
     "too_large": "the messages are larger than [message] max_bytes: raise it",
+    "unknown_model": "no baseline for the messages' models: add [models.<name>] sections "
+                     "with their baselines, pass --baseline to judge every model against "
+                     "one, or check [message] model",
+    "unknown_version": "no baseline for the messages' model versions: add them to "
+                       "[models.<name>] versions, or set [models] fallback = \"latest\"",
 }
 
 

@@ -16,6 +16,7 @@ record goes to one pane, sealed at the end of the input: the whole input is one 
 from __future__ import annotations
 
 from base64 import b64decode, b64encode
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -29,11 +30,10 @@ from ..config import Config
 from ..records import NO_TIME, BadRecord, Columns, Decoder, Reason
 from ..sketch.joint import slots_buffer
 from .clock import NEVER, ClockStep, SourceClock
+from .models import DEFAULT_MODEL, LATEST, ModelBaselines
 from .window import Pane
 
 __all__ = ["DEFAULT_MODEL", "WHOLE_INPUT", "BuilderStats", "PaneBuilder", "SealedPane"]
-
-DEFAULT_MODEL = "default"
 WHOLE_INPUT = -1  # the single pane used without event times
 MAX_NEW_FEATURES = 64  # unknown keys counted per pane (the most frequent ones)
 
@@ -83,8 +83,15 @@ class BuilderStats:
             self.max_event_time = high if known is None else max(known, high)
 
 
-def baseline_for(baselines: Mapping[str, Baseline], model: str) -> Baseline:
-    """The model's own baseline, else the ``default`` one, else the only one."""
+def baseline_for(baselines: Mapping[str, Baseline], model: str, pane: int = LATEST
+                 ) -> Baseline:
+    """The model's own baseline (at pane ``pane``: see
+    :meth:`~streamskew.detector.models.ModelBaselines.at`), else the ``default`` one, else
+    the only one."""
+    if isinstance(baselines, ModelBaselines):
+        found = baselines.at(model, pane)
+        if found is not None:
+            return found
     return baselines.get(model) or baselines.get(DEFAULT_MODEL) or next(iter(baselines.values()))
 
 
@@ -151,9 +158,10 @@ class PaneBuilder:
                  time_range: tuple[int, int | None] | None = None) -> None:
         self.config = config
         self.time_range = time_range  # replay: only event times in [start, end) count
-        self.baselines = baselines
-        self.decoder = decoder or Decoder(config.message, union_schema(baselines),
-                                          not_features=not_monitored(config, baselines))
+        self.baselines = ModelBaselines.of(baselines, config)
+        self._own_decoder = decoder is None
+        self.decoder = decoder or self._decoder()
+        self._revision = self.baselines.revision
         self.on_bad_record = on_bad_record
         window = config.window
         self.pane_ms = window.pane_ms
@@ -165,6 +173,10 @@ class PaneBuilder:
         self.held = _Held()
         self.event_time: bool | None = None  # decided by the first accepted records
         self.next_id = 0  # ids of records given without ids: their running count
+
+    def _decoder(self) -> Decoder:
+        return Decoder(self.config.message, union_schema(self.baselines),
+                       not_features=not_monitored(self.config, self.baselines))
 
     @property
     def watermark(self) -> int:
@@ -190,6 +202,10 @@ class PaneBuilder:
         if not len(messages):
             return []
         record_ids = self._ids(len(messages), ids)
+        if self._revision != self.baselines.revision:  # a baseline was added: its features
+            self._revision = self.baselines.revision
+            if self._own_decoder:
+                self.decoder = self._decoder()
         if all(isinstance(m, bytes) for m in messages):
             columns, bad = self.decoder.decode(messages)  # type: ignore[arg-type]
         else:
@@ -201,6 +217,7 @@ class PaneBuilder:
             columns.timestamps = np.where(columns.timestamps == NO_TIME, fallbacks,
                                           columns.timestamps)
         columns, fallbacks, bad = self._require_times(columns, fallbacks, bad, messages)
+        columns, fallbacks, bad = self._admit(columns, fallbacks, bad, messages)
         self._report(bad, record_ids, columns)
         if not columns.count:
             return []
@@ -241,6 +258,38 @@ class PaneBuilder:
         bad = [b for b in bad if not (b.used and b.position in rejected)]
         keep = np.flatnonzero(has_time)
         return columns.take(keep), fallbacks[keep], bad
+
+    def _admit(self, columns: Columns, fallbacks: np.ndarray, bad: list[BadRecord],
+               messages: Sequence[Any]) -> tuple[Columns, np.ndarray, list[BadRecord]]:
+        """Records whose model (or version) has no baseline are turned away here, before
+        they touch the clock or any state: ``unknown_model`` / ``unknown_version``."""
+        if not columns.count:
+            return columns, fallbacks, bad
+        keys = columns.models
+        if keys is None:
+            keys = np.full(columns.count, DEFAULT_MODEL, dtype=object)
+        first = keys[0]
+        if first is not None and (keys == first).all():  # the common case: one model
+            counts = {first: columns.count}
+        else:
+            counts = Counter(keys.tolist())
+        verdicts: dict[Any, tuple[str, str] | None] = {}
+        for key, count in counts.items():
+            name = DEFAULT_MODEL if key is None else key
+            baseline, reason, detail = self.baselines.admit(name, count)
+            verdicts[key] = None if baseline is not None else (reason, detail)
+        if all(v is None for v in verdicts.values()):
+            return columns, fallbacks, bad
+        keep = np.fromiter((verdicts[k] is None for k in keys.tolist()), bool, columns.count)
+        rejected: set[int] = set()
+        for row in np.flatnonzero(~keep):
+            reason, detail = verdicts[keys[row]]  # type: ignore[misc]
+            position = int(columns.positions[row])
+            rejected.add(position)
+            bad.append(BadRecord(position, reason, detail, _as_bytes(messages[position])))
+        bad = [b for b in bad if not (b.used and b.position in rejected)]
+        rows = np.flatnonzero(keep)
+        return columns.take(rows), fallbacks[rows], bad
 
     def _report(self, bad: list[BadRecord], ids: np.ndarray, columns: Columns) -> None:
         if not bad:
@@ -350,12 +399,14 @@ class PaneBuilder:
         for model, rows in _by_model(columns):
             part = columns if rows is None else columns.take(rows)
             pane_ids = panes if rows is None else panes[rows]
-            baseline = baseline_for(self.baselines, model)
             for index in np.unique(pane_ids):
                 in_pane = np.flatnonzero(pane_ids == index)
                 subset = part if len(in_pane) == part.count else part.take(in_pane)
                 key = (model, int(index))
                 pane = self.open.get(key)
+                # The baseline in force at this pane (a baseline set later applies to
+                # panes from its own start on: an open pane keeps its bins).
+                baseline = baseline_for(self.baselines, model, int(index))
                 if pane is None:
                     pane = self.open[key] = Pane.empty(int(index), baseline)
                 fold(pane, subset, baseline)
@@ -419,7 +470,7 @@ class PaneBuilder:
         self.clock.restore(raw["clock"])
         self.next_id = raw["next_id"]
         self.open = {(model, index): Pane.from_bytes(b64decode(encoded),
-                                                     baseline_for(self.baselines, model))
+                                                     baseline_for(self.baselines, model, index))
                      for model, index, encoded in raw["open"]}
         self.held = _Held()
         if raw["held"]:

@@ -64,16 +64,18 @@ from ..sketch.categorical import CategoricalSummary
 from ..sketch.joint import JointSummary
 from ..sketch.numeric import NumericSummary
 from ..stats.distances import NOISE_SHAPE, distance
-from ..stats.noise import NoiseFloors, rate_floor
+from ..stats.noise import NoiseFloors, dkw_floor, max_deviation_floor, rate_floor, two_sample_size
 from ..stats.surge import surge
 from .window import Pane
 
-__all__ = ["JOINT_CHECK", "PERSISTENT_CHECK", "CheckResult", "Judge"]
+__all__ = ["JOINT_CHECK", "PERSISTENT_CHECK", "VERSION_SHIFT_CHECK", "CheckResult", "Judge",
+           "version_shift"]
 
 EVIDENCE_QUANTILES = {"p01": 0.01, "p50": 0.5, "p99": 0.99}
 JOINT_CHECK = "joint"
 PERSISTENT_CHECK = "persistent"
 SURGE_CHECK = "surge"
+VERSION_SHIFT_CHECK = "version_shift"
 
 
 # Noise floors depend only on the baseline feature and alpha, and simulating them is the
@@ -380,6 +382,86 @@ class Judge:
                 if summary.count else None
         evidence["top_unseen"] = [{"value": v, "count": c} for v, c in summary.top_unseen()]
         return evidence
+
+
+# Two-sample floors (version_shift): the baseline's bin probabilities against an exact
+# reference, evaluated at the two windows' effective size. Shared like the others.
+_TWO_SAMPLE_FLOORS: OrderedDict[tuple[str, str, float], NoiseFloors] = OrderedDict()
+
+
+def _two_sample_floors(baseline: Baseline, name: str, alpha: float) -> NoiseFloors:
+    key = (baseline.id, name, alpha)
+    floors = _TWO_SAMPLE_FLOORS.get(key)
+    if floors is None:
+        feature = baseline.monitored[name]
+        floors = _TWO_SAMPLE_FLOORS[key] = NoiseFloors(
+            feature.bin_counts, alpha, f"{baseline.id}|{name}|two-sample",
+            reference_noise=False)
+        if len(_TWO_SAMPLE_FLOORS) > _SHARED_FLOORS_MAX:
+            _TWO_SAMPLE_FLOORS.popitem(last=False)
+    return floors
+
+
+def version_shift(judge: Judge, reference: Pane, other: Pane) -> Iterator[CheckResult]:
+    """``version_shift``: each feature's serving distribution in ``other``'s window (one
+    version of a model) against ``reference``'s (another version, same window, same
+    baseline bins), with the feature's distribution metric and threshold.
+
+    Both sides are samples, so the noise floor is that of two samples of one distribution
+    at sizes ``n_a``, ``n_b``: the floor of one sample of the effective size
+    ``n_a n_b / (n_a + n_b)`` against an exact reference
+    (:func:`~streamskew.stats.noise.two_sample_size`), at the feature's per-test ``alpha``.
+    Under the null the shared distribution is unknown; the simulated floors (JSD, PSI,
+    phi^2) take the baseline's bin probabilities, whose nearly equal masses put the most
+    noise in the most bins (serving that fills fewer bins has less); L-infinity takes the
+    two windows' pooled shares in its Chernoff bound, KS the distribution-free DKW bound.
+    Wasserstein is judged with JSD (the two sides have no common bin points). Judged when
+    both sides hold ``min_count`` values of the feature. As for the joint check, ``(joint)``
+    is not judged while one of its inputs is over its line: that input names the cause."""
+    results = list(_version_shift(judge, reference, other))
+    joint = judge.baseline.joint
+    if joint is not None:
+        inputs = set(joint.inputs)
+        if any(r.judged and r.value > r.threshold for r in results if r.feature in inputs):
+            results = [replace(r, judged=False) if r.feature == joint.name else r
+                       for r in results]
+    yield from results
+
+
+def _version_shift(judge: Judge, reference: Pane, other: Pane) -> Iterator[CheckResult]:
+    d = judge.detect
+    for name, ref_summary in reference.summaries.items():
+        if judge.config.feature(name).ignore or name not in other.summaries:
+            continue
+        summary = other.summaries[name]
+        feature = judge.baseline.monitored[name]
+        metric, threshold = judge.metric_of(name)
+        if metric == "wasserstein":
+            metric = "jsd"
+        counts = summary.bins if isinstance(summary, NumericSummary) else summary.counts
+        ref_counts = ref_summary.bins if isinstance(ref_summary, NumericSummary) \
+            else ref_summary.counts
+        n_a, n_b = int(counts.sum()), int(ref_counts.sum())
+        judged = min(n_a, n_b) >= d.min_count
+        if not judged:
+            yield CheckResult(name, feature.kind, VERSION_SHIFT_CHECK, metric, math.nan,
+                              math.inf, False, n_a)
+            continue
+        size = two_sample_size(n_a, n_b)
+        alpha = judge.alpha_of(name)
+        if metric == "ks":
+            floor = dkw_floor(size, alpha)
+        elif metric == "linf":
+            pooled = (counts + ref_counts) / (n_a + n_b)
+            floor = max_deviation_floor(pooled, size, alpha)
+        else:
+            floor = _two_sample_floors(judge.baseline, name, alpha).floor(
+                metric, max(round(size), 1))
+        value = float(distance(metric, counts, ref_counts))
+        yield CheckResult(name, feature.kind, VERSION_SHIFT_CHECK, metric, value,
+                          max(threshold, floor), True, n_a,
+                          detail={"noise_floor": _num(floor), "effective_size": _num(size),
+                                  "counts": [n_a, n_b]})
 
 
 def _with_noise(threshold: float, metric: str, noise: float) -> float:

@@ -10,7 +10,7 @@ service and replay use the same pieces, so the code that reaches a verdict is th
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,6 +21,7 @@ from ..records import BadRecord
 from .builder import DEFAULT_MODEL, BuilderStats
 from .evaluator import Evaluator, WindowResult
 from .events import SkewEvent
+from .models import ModelBaselines
 from .sources import SourceCoordinator
 
 if TYPE_CHECKING:
@@ -38,9 +39,14 @@ class DetectorStats(BuilderStats):
     windows: int = 0
     events: int = 0
     labels: JoinCounts | None = None  # the label join's counters (with [labels])
+    # The most frequent model names (or model/version) turned away, with their record
+    # counts: a fixed-size table, whatever the number of distinct names.
+    unknown_names: list[tuple[str, int]] = field(default_factory=list)
 
     def summary(self) -> str:
         """One line for people: what came in, what was rejected and why, what fired."""
+        unknown = ", ".join(f"{n}={c}" for n, c in self.unknown_names[:5])
+
         def listing(counts: dict[str, int]) -> str:
             return f" ({', '.join(f'{k}={v}' for k, v in sorted(counts.items()))})" \
                 if counts else ""
@@ -48,6 +54,7 @@ class DetectorStats(BuilderStats):
                 f"rejected={self.bad_total}{listing(self.bad)} "
                 f"field_errors={sum(self.field_errors.values())}{listing(self.field_errors)} "
                 f"late={self.late} windows={self.windows} events={self.events}"
+                + (f"; most frequent unknown models: {unknown}" if unknown else "")
                 + (f"; {self.labels.summary()}" if self.labels is not None else ""))
 
     @classmethod
@@ -86,10 +93,10 @@ class Detector:
                  on_performance_window: Callable[[PerformanceWindow], None] | None = None,
                  on_bad_label: Callable[[BadRecord], None] | None = None) -> None:
         self.config = config
-        self.baselines: dict[str, Baseline] = (
-            {DEFAULT_MODEL: baseline} if isinstance(baseline, Baseline) else dict(baseline))
-        if not self.baselines:
+        if not isinstance(baseline, Baseline) and not baseline:
             raise ValueError("a Detector needs at least one baseline")
+        self.baselines = ModelBaselines.of(
+            {DEFAULT_MODEL: baseline} if isinstance(baseline, Baseline) else baseline, config)
         report = None
         if on_bad_record is not None:
             def report(source: str, record: BadRecord) -> None:
@@ -116,7 +123,33 @@ class Detector:
         if self.performance is not None:
             stats.labels = self.performance.counts
             stats.events += self.performance.windows.events
+        stats.unknown_names = self.baselines.unknown.most_common()
         return stats
+
+    def set_baseline(self, model: str, version: str | None, baseline: Baseline,
+                     from_pane: int | None = None) -> int:
+        """Add or replace the baseline of ``model`` (``version`` None: every version of the
+        model; ``model="default"``: every model without one of its own) without a restart.
+
+        It applies from pane ``from_pane`` on (default: the pane after every pane this
+        detector has open or pending, so no pane mixes two baselines' bins); earlier panes
+        are judged against the baseline they were summarized with. The window of that
+        model starts afresh at the first pane judged against it (its hysteresis stays, so
+        a raised check resolves against the new baseline). Returns ``from_pane``."""
+        if from_pane is None:
+            from_pane = self.next_pane()
+        self.baselines.set_baseline(model, version, baseline, from_pane)
+        return from_pane
+
+    def next_pane(self) -> int:
+        """The first pane index that no builder or the evaluator holds yet."""
+        seen = [index for builder in self.sources.builders.values()
+                for _, index in builder.open]
+        evaluator = self.sources.evaluator
+        seen += [i for s in evaluator.models.values() for i in s.pending]
+        if evaluator.closed_through is not None:
+            seen.append(evaluator.closed_through)
+        return max(seen, default=-1) + 1
 
     def process(self, messages: Sequence[bytes | str | Mapping[str, Any]],
                 timestamps: Sequence[int] | np.ndarray | None = None,

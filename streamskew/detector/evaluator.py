@@ -31,12 +31,21 @@ import orjson
 
 from ..baseline import Baseline
 from ..config import Config
-from ..records import NO_TIME
+from ..records import NO_TIME, split_identity
 from ..sketch.numeric import NumericSummary
 from .builder import WHOLE_INPUT, baseline_for
-from .checks import JOINT_CHECK, PERSISTENT_CHECK, SURGE_CHECK, CheckResult, Judge
+from .checks import (
+    JOINT_CHECK,
+    PERSISTENT_CHECK,
+    SURGE_CHECK,
+    VERSION_SHIFT_CHECK,
+    CheckResult,
+    Judge,
+    version_shift,
+)
 from .events import SkewEvent
 from .hysteresis import Hysteresis
+from .models import ModelBaselines
 from .window import Pane, SlidingWindow
 
 __all__ = ["Evaluator", "WindowResult"]
@@ -44,7 +53,10 @@ __all__ = ["Evaluator", "WindowResult"]
 
 @dataclass(frozen=True)
 class WindowResult:
-    """One judged window of one model: the check results (for reports and metrics)."""
+    """One judged window of one model: the check results (for reports and metrics).
+
+    ``model`` is the model's name; ``version`` its version (None without
+    ``[message] model_version``); ``key`` the engine's key of both."""
 
     model: str
     start: int | None
@@ -54,17 +66,20 @@ class WindowResult:
     window: Pane  # the live aggregate: read it now, copy what you keep
     baseline: Baseline
     scales: Mapping[int, Pane] = field(default_factory=dict)  # finer scales' aggregates
+    version: str | None = None
+    key: str = ""
 
 
 class _ModelState:
     """Partial panes, window, judge and hysteresis of one model."""
 
-    def __init__(self, model: str, baseline: Baseline, config: Config) -> None:
-        self.model = model
-        self.baseline = baseline
-        self.config = config
-        self.judge = Judge(config, baseline)
-        self.window = SlidingWindow(config.window.panes, baseline, self.judge.scales)
+    def __init__(self, model: str, baseline: Baseline, config: Config,
+                 versioned: bool = False) -> None:
+        self.model = model  # the engine's key: the name, or name and version
+        self.name, self.version = split_identity(model) if versioned else (model, None)
+        self.versioned = versioned
+        self.config = config.for_model(self.name)
+        self.rebase(baseline)
         self.pending: dict[int, Pane] = {}
         self.hysteresis: dict[tuple[str, str, str], Hysteresis] = {}
         # Persistent check: the counts of the last blocks (block index, feature -> counts),
@@ -74,6 +89,15 @@ class _ModelState:
         self.quiet_through: dict[str, int] = {}
         # Joint check: the last pane index at which each joint input had a check raised.
         self.input_alarm: dict[str, int] = {}
+
+    def rebase(self, baseline: Baseline) -> None:
+        """Judge against ``baseline`` from now on (a new baseline for this model): a fresh
+        window over its bins; hysteresis stays, so a raised check resolves against it."""
+        self.baseline = baseline
+        self.judge = Judge(self.config, baseline)
+        self.window = SlidingWindow(self.config.window.panes, baseline, self.judge.scales)
+        self.blocks = deque()
+        self.first_block = None
 
     def state(self, key: tuple[str, str, str]) -> Hysteresis:
         state = self.hysteresis.get(key)
@@ -92,7 +116,7 @@ class Evaluator:
     def __init__(self, config: Config, baselines: Mapping[str, Baseline],
                  on_window: Callable[[WindowResult], None] | None = None) -> None:
         self.config = config
-        self.baselines = baselines
+        self.baselines = ModelBaselines.of(baselines, config)
         self.on_window = on_window
         self.pane_ms = config.window.pane_ms
         self.models: dict[str, _ModelState] = {}
@@ -101,12 +125,18 @@ class Evaluator:
         self.events = 0
         self.late_panes = 0  # partial panes that came after their pane had closed
         self.late_records = 0  # ... and the records in them
+        # version_shift hysteresis per (model, version, version), versions sorted.
+        self.shift_states: dict[tuple[str, str, str], dict[tuple[str, str, str],
+                                                           Hysteresis]] = {}
+        self.unknown_panes = 0  # partial panes of models without a baseline (other processes)
+        self.unknown_records = 0  # ... and the records in them
 
-    def _model(self, model: str) -> _ModelState:
+    def _model(self, model: str, index: int) -> _ModelState:
         state = self.models.get(model)
         if state is None:
-            state = self.models[model] = _ModelState(model, baseline_for(self.baselines, model),
-                                                     self.config)
+            state = self.models[model] = _ModelState(
+                model, baseline_for(self.baselines, model, index), self.config,
+                self.baselines.versioned)
         return state
 
     def add_pane(self, model: str, index: int, pane: Pane) -> None:
@@ -116,7 +146,13 @@ class Evaluator:
             self.late_panes += 1
             self.late_records += pane.records
             return
-        state = self._model(model)
+        if model not in self.models and self.baselines.admit(model, pane.records)[0] is None:
+            # Built elsewhere for a model this process has no baseline for (or past the
+            # bounds): counted, never given state.
+            self.unknown_panes += 1
+            self.unknown_records += pane.records
+            return
+        state = self._model(model, index)
         pending = state.pending.get(index)
         if pending is None:
             state.pending[index] = pane
@@ -140,8 +176,85 @@ class Evaluator:
             index = self._next_pane(target)
             for state in self.models.values():
                 events.extend(self._close(state, index))
+            if self.baselines.versioned and self.config.models.version_shift:
+                events.extend(self._version_shifts(index))
             self.closed_through = index
         return events
+
+    # -- version A/B -------------------------------------------------------------------------
+
+    def _version_shifts(self, index: int | None) -> list[SkewEvent]:
+        """Versions of one model that served in this window, compared with each other:
+        each with the version that served the most records (the stable one), when both
+        were summarized against the same baseline (their bins then mean the same)."""
+        groups: dict[str, list[_ModelState]] = {}
+        for state in self.models.values():
+            window = state.window
+            if state.version is None or not window.has_records or not window.panes:
+                continue
+            if index is not None and window.panes[-1].index != index:
+                continue
+            groups.setdefault(state.name, []).append(state)
+        events: list[SkewEvent] = []
+        for states in groups.values():
+            if len(states) < 2:
+                continue
+            states.sort(key=lambda s: (-s.window.aggregate.records, s.version or ""))
+            reference = states[0]
+            for other in states[1:]:
+                if other.baseline.id == reference.baseline.id:
+                    events.extend(self._compare_versions(reference, other, index))
+        self.events += len(events)
+        return events
+
+    def _compare_versions(self, reference: _ModelState, other: _ModelState,
+                          index: int | None) -> list[SkewEvent]:
+        pair = (reference.name, *sorted((reference.version or "", other.version or "")))
+        states = self.shift_states.setdefault(pair, {})  # type: ignore[arg-type]
+        start = end = None
+        if index is not None:
+            start = (index - reference.window.size + 1) * self.pane_ms
+            end = (index + 1) * self.pane_ms
+        events = []
+        for result in version_shift(reference.judge, reference.window.aggregate,
+                                    other.window.aggregate):
+            if not result.judged:
+                continue
+            key = result.key
+            hysteresis = states.get(key)
+            if hysteresis is None:
+                d = reference.config.detect
+                hysteresis = states[key] = Hysteresis(d.raise_after, d.resolve_after,
+                                                      d.resolve_ratio)
+            change = hysteresis.observe(result.value, result.threshold)
+            if change is None:
+                continue
+            events.append(self._shift_event(reference, other, result, change, start, end))
+        return events
+
+    def _shift_event(self, reference: _ModelState, other: _ModelState, result: CheckResult,
+                     change: str, start: int | None, end: int | None) -> SkewEvent:
+        name = result.feature
+        judge = reference.judge
+        sides = {}
+        for state in (other, reference):
+            summary = state.window.aggregate.summaries[name]
+            sides[state.version] = {"count": summary.count,
+                                    **judge.evidence(name, summary)["serving"]}
+        evidence = {"versions": sides, "compared": [other.version, reference.version],
+                    **dict(result.detail or {})}
+        if change == "skew_resolved":
+            severity = "info"
+        else:
+            severity = "critical" if result.value >= 2 * result.threshold else "warning"
+        baseline = reference.baseline
+        return SkewEvent(type=change, model=reference.name, feature=name, kind=result.kind,
+                         check=VERSION_SHIFT_CHECK, metric=result.metric, value=result.value,
+                         threshold=result.threshold, severity=severity, window_start=start,
+                         window_end=end, window_count=result.count, baseline_id=baseline.id,
+                         baseline_count=baseline.count, evidence=evidence,
+                         model_version=other.version, compared_version=reference.version,
+                         versioned=True)
 
     def _next_pane(self, target: int) -> int:
         """The next pane, skipping stretches where every window is empty anyway."""
@@ -153,6 +266,9 @@ class Evaluator:
         return min(min(upcoming), target) if upcoming else target
 
     def _close(self, state: _ModelState, index: int) -> list[SkewEvent]:
+        expected = baseline_for(self.baselines, state.model, index)
+        if expected.id != state.baseline.id:  # a new baseline, from this pane on
+            state.rebase(expected)
         window = state.window
         if window.panes and index - window.panes[-1].index > window.size:
             window.reset(index)  # a long gap: everything in the window expired
@@ -166,11 +282,15 @@ class Evaluator:
     def flush(self) -> list[SkewEvent]:
         """End of input: close every pending pane (or judge the whole input as one window)."""
         events: list[SkewEvent] = []
+        whole = False
         for state in self.models.values():
             pane = state.pending.pop(WHOLE_INPUT, None)
             if pane is not None:
+                whole = True
                 state.window.push(pane)
                 events.extend(self._judge(state, None, None))
+        if whole and self.baselines.versioned and self.config.models.version_shift:
+            events.extend(self._version_shifts(None))
         last = max((i for s in self.models.values() for i in s.pending), default=None)
         if last is not None:
             events.extend(self.advance((last + 1) * self.pane_ms))
@@ -196,15 +316,15 @@ class Evaluator:
                 events.extend(self._observe(state, result, start, end))
         if index is not None:
             self._note_active(state, index)
-            if self.config.detect.persistent:  # after the checks it must not repeat
+            if state.config.detect.persistent:  # after the checks it must not repeat
                 persistent = self._persistent(state, index)
                 for result in persistent:
                     events.extend(self._observe(state, result, start, end))
                 results.extend(persistent)
         if self.on_window is not None:
-            self.on_window(WindowResult(state.model, start, end, aggregate.records,
+            self.on_window(WindowResult(state.name, start, end, aggregate.records,
                                         tuple(results), aggregate, state.baseline,
-                                        dict(finer)))
+                                        dict(finer), state.version, state.model))
         self.events += len(events)
         return events
 
@@ -253,7 +373,7 @@ class Evaluator:
         counts = {name: (s.bins if isinstance(s, NumericSummary) else s.counts).copy()
                   for name, s in state.window.aggregate.summaries.items()}
         state.blocks.append((block, counts))
-        horizon = self.config.detect.persistent_windows
+        horizon = state.config.detect.persistent_windows
         while state.blocks and state.blocks[0][0] <= block - horizon:
             state.blocks.popleft()
         if state.first_block is None:
@@ -303,12 +423,13 @@ class Evaluator:
         else:
             severity = "critical" if result.value >= 2 * result.threshold else "warning"
         count = result.window_count if result.window_count is not None else result.count
-        return SkewEvent(type=change, model=state.model, feature=result.feature,
+        return SkewEvent(type=change, model=state.name, feature=result.feature,
                          kind=result.kind, check=result.check, metric=result.metric,
                          value=result.value, threshold=result.threshold, severity=severity,
                          window_start=start, window_end=end, window_count=count,
                          baseline_id=baseline.id, baseline_count=baseline.count,
-                         evidence=evidence)
+                         evidence=evidence, model_version=state.version,
+                         versioned=state.versioned)
 
     def _scale(self, result: CheckResult, window_panes: int, end: int | None
                ) -> dict[str, Any]:
@@ -330,6 +451,9 @@ class Evaluator:
         """Everything needed to continue elsewhere: windows, pending panes, hysteresis."""
         return orjson.dumps({
             "closed_through": self.closed_through,
+            "version_shift": [[*pair, *key, h.active, h.streak]
+                              for pair, states in self.shift_states.items()
+                              for key, h in states.items()],
             "models": {
                 model: {
                     "window": [b64encode(p.to_bytes()).decode() for p in s.window.panes],
@@ -350,7 +474,9 @@ class Evaluator:
         raw = orjson.loads(data)
         models: dict[str, _ModelState] = {}
         for model, saved in raw["models"].items():
-            state = _ModelState(model, baseline_for(self.baselines, model), self.config)
+            at = raw["closed_through"] if raw["closed_through"] is not None else -1
+            state = _ModelState(model, baseline_for(self.baselines, model, at), self.config,
+                                self.baselines.versioned)
             for encoded in saved["window"]:
                 state.window.push(Pane.from_bytes(b64decode(encoded), state.baseline))
             state.pending = {int(i): Pane.from_bytes(b64decode(p), state.baseline)
@@ -367,6 +493,13 @@ class Evaluator:
             models[model] = state
         self.models = models
         self.closed_through = raw["closed_through"]
+        self.shift_states = {}
+        for name, v1, v2, feature, check, metric, active, streak in raw.get("version_shift",
+                                                                             []):
+            d = self.config.for_model(name).detect
+            h = Hysteresis(d.raise_after, d.resolve_after, d.resolve_ratio)
+            h.active, h.streak = active, streak
+            self.shift_states.setdefault((name, v1, v2), {})[(feature, check, metric)] = h
 
 
 def _block_json(block: int, counts: Mapping[str, np.ndarray]) -> dict[str, Any]:

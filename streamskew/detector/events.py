@@ -15,13 +15,22 @@ EVENT_SCHEMA = "streamskew.event/v1"
 
 
 def event_id(model: str, feature: str, check: str, metric: str, window_end: int | None,
-             type_: str) -> str:
+             type_: str, versions: tuple[str | None, ...] | None = None) -> str:
     """A pure function of the event's identity: a replay or a retry gives the same id.
+
+    ``versions`` (with ``[message] model_version``: the event's version, and for
+    ``version_shift`` the version it was compared with) is part of the identity only when
+    given, so ids without versions are the ones they always were.
 
     >>> event_id("fraud", "amount", "distribution", "jsd", 1764324000000, "skew_detected")[:12]
     'a2d1ae326cd4'
+    >>> event_id("fraud", "amount", "distribution", "jsd", 1764324000000, "skew_detected",
+    ...          ("3",))[:12] != 'a2d1ae326cd4'
+    True
     """
     text = f"{model}\x1f{feature}\x1f{check}\x1f{metric}\x1f{window_end}\x1f{type_}"
+    if versions is not None:
+        text += "".join(f"\x1fv={'' if v is None else v}" for v in versions)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -44,11 +53,20 @@ class SkewEvent:
     baseline_id: str
     baseline_count: int
     evidence: Mapping[str, Any] = field(default_factory=dict)
+    # With [message] model_version: the (model, version) judged, and for version_shift the
+    # version it was compared with. versioned=False: the event has no version fields.
+    model_version: str | None = None
+    compared_version: str | None = None
+    versioned: bool = False
 
     @property
     def event_id(self) -> str:
+        versions = None
+        if self.versioned:
+            versions = (self.model_version,) if self.compared_version is None \
+                else (self.model_version, self.compared_version)
         return event_id(self.model, self.feature, self.check, self.metric, self.window_end,
-                        self.type)
+                        self.type, versions)
 
     @property
     def key(self) -> str:
@@ -58,8 +76,12 @@ class SkewEvent:
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema": EVENT_SCHEMA, "event_id": self.event_id, "type": self.type,
-            "model": self.model, "feature": self.feature, "kind": self.kind,
-            "check": self.check, "metric": self.metric, "value": _round(self.value),
+            "model": self.model,
+            **({"model_version": self.model_version} if self.versioned else {}),
+            **({"compared_version": self.compared_version}
+               if self.compared_version is not None else {}),
+            "feature": self.feature, "kind": self.kind, "check": self.check,
+            "metric": self.metric, "value": _round(self.value),
             "threshold": _round(self.threshold), "severity": self.severity,
             "window": {"start": self.window_start, "end": self.window_end,
                        "count": self.window_count},

@@ -141,9 +141,10 @@ class ReportCollector:
 
     def on_window(self, result: WindowResult) -> None:
         """Record one judged window (``Detector(on_window=...)``)."""
-        track = self.models.get(result.model)
+        shown = _shown(result.model, getattr(result, "version", None))
+        track = self.models.get(shown)
         if track is None:
-            track = self.models[result.model] = _ModelTrack(result.baseline)
+            track = self.models[shown] = _ModelTrack(result.baseline)
         track.baseline = result.baseline
         if result.end is not None:
             track.first_end = result.end if track.first_end is None else track.first_end
@@ -264,13 +265,15 @@ class ReportCollector:
         skew_events = [e for e in events if e.check not in PERFORMANCE_CHECKS]
         incidents = _incidents(skew_events)
         models = []
-        names = sorted(set(self.models) | {e.model for e in skew_events})
+        names = sorted(set(self.models) | {_shown(e.model, e.model_version)
+                                           for e in skew_events})
         counter = 0
         for model in names:
             track = self.models.get(model) or _ModelTrack(self.baseline)
             for m, feature, check, metric in incidents:
                 if m == model and (feature, check, metric) not in track.series:
-                    kind = next((e.kind for e in events if (e.model, e.feature) == (m, feature)),
+                    kind = next((e.kind for e in events
+                                 if (_shown(e.model, e.model_version), e.feature) == (m, feature)),
                                 "unknown")
                     track.series[(feature, check, metric)] = _Series(feature, kind, check,
                                                                      metric)
@@ -411,11 +414,17 @@ def _overlaps(run: _Run, raised: int | None, resolved: int | None) -> bool:
     return run.last_end >= raised and (resolved is None or run.first_end <= resolved)
 
 
+def _shown(model: str, version: str | None) -> str:
+    """A model's name in the report: with its version when versions are configured."""
+    return model if version is None else f"{model} (version {version})"
+
+
 def _incidents(events: list[SkewEvent]) -> dict[tuple[str, str, str, str], list[dict[str, Any]]]:
     """Raise-to-resolve spans per model/feature/check/metric, from the events."""
     out: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
     for e in sorted(events, key=lambda e: (e.window_end is None, e.window_end or 0)):
-        spans = out.setdefault((e.model, e.feature, e.check, e.metric), [])
+        spans = out.setdefault((_shown(e.model, e.model_version), e.feature, e.check,
+                                e.metric), [])
         if e.type == "skew_detected":
             spans.append({"raised": e.window_end, "raised_start": e.window_start,
                           "resolved": None, "raise_event": e.event_id, "resolve_event": None,

@@ -54,7 +54,7 @@ import numpy as np
 from .distances import NOISE_SHAPE, distance
 
 __all__ = ["NoiseFloors", "chi2_quantile", "dkw_floor", "effective_size", "max_deviation_floor",
-           "next_bucket", "rate_floor", "size_bucket"]
+           "next_bucket", "rate_floor", "size_bucket", "two_sample_size"]
 
 ASYMPTOTIC_FROM = 2**14  # window size from which floors scale instead of being simulated
 DRAWS = 1000  # the fit needs only a mean and a variance: seed-to-seed spread of a floor 0.5-1.4%
@@ -94,6 +94,23 @@ def effective_size(n: float, baseline_total: float) -> float:
     return n * baseline_total / (n + baseline_total)
 
 
+def two_sample_size(n_a: float, n_b: float) -> float:
+    """The effective size of two windows compared with each other (``version_shift``).
+
+    Both are samples of one distribution ``p`` under the null (two versions served the
+    same inputs). A bin's share difference then has variance ``p (1 - p) (1/n_a + 1/n_b)``,
+    the variance of one sample of ``n_a n_b / (n_a + n_b)`` against ``p`` itself: the
+    floors of a window against an exact reference at that size are the two-sample floors
+    (to the same chi-square approximation the one-sample floors rest on). It is the
+    :func:`effective_size` of a window against a baseline, with the baseline's count
+    replaced by the other window's: the one-sample floors were already two-sample floors.
+
+    >>> two_sample_size(1000, 1000), round(two_sample_size(100, 10_000), 1)
+    (500.0, 99.0)
+    """
+    return effective_size(n_a, n_b)
+
+
 def chi2_quantile(nu: float, alpha: float) -> float:
     """Upper ``alpha`` quantile of chi-square with ``nu`` degrees (Wilson-Hilferty)."""
     z = NormalDist().inv_cdf(1 - alpha)
@@ -110,9 +127,13 @@ class NoiseFloors:
     """
 
     def __init__(self, baseline_counts: np.ndarray, alpha: float, key: str,
-                 points: np.ndarray | None = None, scale: float = 1.0) -> None:
+                 points: np.ndarray | None = None, scale: float = 1.0,
+                 reference_noise: bool = True) -> None:
         self.baseline_counts = np.asarray(baseline_counts, dtype=np.int64)
         self.total = int(self.baseline_counts.sum())
+        # reference_noise=False: ``n`` is already an effective size (two windows compared
+        # with each other: see two_sample_size), the counts only give the probabilities.
+        self.noise_total = self.total if reference_noise else 0
         self.probabilities = self.baseline_counts / max(self.total, 1)
         self.alpha = alpha
         self.key = key
@@ -130,7 +151,7 @@ class NoiseFloors:
         if metric in ("ks", "linf"):  # exact bounds, cached per window size
             cached = self._exact.get((metric, n))
             if cached is None:
-                size = effective_size(n, self.total)
+                size = effective_size(n, self.noise_total)
                 cached = dkw_floor(size, self.alpha) if metric == "ks" else \
                     max_deviation_floor(self.probabilities, size, self.alpha)
                 if len(self._exact) >= 4096:  # bounded over a long run
@@ -140,7 +161,7 @@ class NoiseFloors:
         if n > self.asymptotic_from:  # chi-square regime: module docs, point 4
             anchor = self.asymptotic_from
             power = 1.0 if NOISE_SHAPE[metric] == "linear" else 0.5
-            shrink = effective_size(anchor, self.total) / effective_size(n, self.total)
+            shrink = effective_size(anchor, self.noise_total) / effective_size(n, self.noise_total)
             return self._at(metric, anchor) * shrink**power
         low = size_bucket(n)
         if low >= n:
@@ -164,7 +185,7 @@ class NoiseFloors:
             return 0.0
         if n > self.asymptotic_from:
             anchor = self.asymptotic_from
-            shrink = effective_size(anchor, self.total) / effective_size(n, self.total)
+            shrink = effective_size(anchor, self.noise_total) / effective_size(n, self.noise_total)
             return self._mean_at(metric, anchor) * shrink
         low = size_bucket(n)
         if low >= n:
@@ -188,7 +209,7 @@ class NoiseFloors:
         return cached
 
     def _simulate(self, metric: str, n: int) -> float:
-        size = effective_size(n, self.total)
+        size = effective_size(n, self.noise_total)
         seed = hashlib.sha256(f"{self.key}|{metric}|{n}".encode()).digest()
         rng = np.random.default_rng(int.from_bytes(seed[:8], "little"))
         draws = rng.multinomial(max(round(size), 1), self.probabilities, size=DRAWS)
