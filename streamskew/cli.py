@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import time
 import traceback
 from contextlib import ExitStack
 from pathlib import Path
@@ -25,6 +26,7 @@ from .config import Config, check_feature_overrides
 from .detector import DetectorStats, SkewEvent
 from .detector.models import DEFAULT_MODEL, ModelBaselines
 from .errors import StreamskewError
+from .records import identity_key
 from .verdict import (
     EXIT_BLIND,
     EXIT_ERROR,
@@ -182,6 +184,31 @@ def _load_baseline(path: str | None, config: Config) -> Baseline | ModelBaseline
     return baseline
 
 
+def _kafka_baselines(path: str | None, config: Config, bootstrap: str | None
+                     ) -> Baseline | ModelBaselines:
+    """The baselines of `run` and `replay`: files as for `detect`, or, when no file is
+    named anywhere, what the registry on Kafka holds (``baseline publish``)."""
+    if path or config.baseline or config.models.entries:
+        return _load_baseline(path, config)
+    from .kafka.registry import BaselineRegistry
+
+    registry = BaselineRegistry(config.kafka, bootstrap)
+    entries = registry.entries()
+    versioned = config.message.model_version is not None
+    usable = {identity_key(e.model, e.version or None): e.baseline
+              for e in entries.values() if versioned or not e.version}
+    if not usable:
+        more = f" ({len(entries)} registered for versions, but [message] model_version is " \
+               "not set)" if entries else ""
+        raise click.UsageError(f"no baseline: pass --baseline, set `baseline` in the config, "
+                               f"add [models.<name>] sections, or publish one to "
+                               f"{registry.topic} with `streamskew baseline publish BASELINE "
+                               f"--model M`{more}")
+    return ModelBaselines(usable, versioned=versioned, fallback=config.models.fallback,
+                          max_models=config.models.max_models,
+                          max_versions=config.models.max_versions)
+
+
 def _any_baseline(baselines: Baseline | ModelBaselines) -> Baseline:
     """One baseline to stand for all (labels, the report's fallback track)."""
     if isinstance(baselines, Baseline):
@@ -330,7 +357,7 @@ def _registry_options(command: Any) -> Any:
 @click.option("--version", "version", default="", help="The model version (default: every "
               "version of the model without a baseline of its own).")
 @click.option("--from", "start", help="Event time it applies from: ISO-8601, epoch ms or "
-              "relative (-2h) [default: now].")
+              "relative (-2h) [default: the start of the second pane after now].")
 @_registry_options
 def baseline_publish(path: str, model: str, version: str, start: str | None,
                      config_path: str, bootstrap_servers: str | None) -> None:
@@ -345,6 +372,11 @@ def baseline_publish(path: str, model: str, version: str, start: str | None,
         from_time = parse_time(start) if start is not None else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--from") from None
+    if from_time is None:
+        # From the start of the second pane after now: every replica has read the entry by
+        # then (they poll the registry at each checkpoint), so all switch at that pane.
+        pane = config.window.pane_ms
+        from_time = (int(time.time() * 1000) // pane + 2) * pane
     registry = BaselineRegistry(config.kafka, bootstrap_servers)
     entry = registry.publish(loaded, model, version, from_time)
     click.echo(f"published {path} (baseline {loaded.id}, {len(loaded.features)} features) as "
@@ -548,7 +580,7 @@ def run(config_path: str, baseline_path: str | None, bootstrap_servers: str | No
     from .config import parse_duration
 
     config = _load_config(config_path)
-    baseline = _load_baseline(baseline_path, config)
+    baseline = _kafka_baselines(baseline_path, config, bootstrap_servers)
     try:
         interval = parse_duration(checkpoint_interval) / 1000
     except ValueError as exc:
@@ -641,7 +673,7 @@ def replay(config_path: str, baseline_path: str | None, bootstrap_servers: str |
     from .timeparse import parse_time
 
     config = _load_config(config_path)
-    baseline = _load_baseline(baseline_path, config)
+    baseline = _kafka_baselines(baseline_path, config, bootstrap_servers)
     try:
         start_ms = parse_time(start)
         end_ms = parse_time(end) if end else None

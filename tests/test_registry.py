@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import threading
 
 import numpy as np
 import orjson
@@ -12,13 +14,25 @@ from kafka import KafkaProducer
 
 from streamskew import Baseline, Config
 from streamskew.cli import main
+from streamskew.detector.models import ModelBaselines
 from streamskew.kafka.registry import (
     BaselineRegistry,
     RegistryFollower,
     entry_key,
 )
+from streamskew.kafka.service import DetectorService
+from streamskew.records import identity_key
 
-from .kafka_helpers import training_baseline, unique, wait_until
+from .kafka_helpers import (
+    START,
+    create_topic,
+    produce,
+    read_all,
+    service_config,
+    training_baseline,
+    unique,
+    wait_until,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -134,3 +148,95 @@ def test_cli_publish_and_list(kafka_bootstrap, tmp_path):
                                    str(toml)])
     assert missing.exit_code == 1
     assert "is not registered" in missing.output and "churn 2024-11" in missing.output
+
+
+# -- a running service follows the registry ------------------------------------------------
+
+
+def _versions_stream(minutes: int, per_second: int = 8, seed: int = 5) -> list[bytes]:
+    """Requests of model fraud, versions v1 and v2 side by side, from the training
+    distribution of training_baseline()."""
+    rng = np.random.default_rng(seed)
+    step = 1000 // per_second
+    messages = []
+    for i in range(minutes * 60 * per_second):
+        # Both versions on every partition (produce() deals messages round-robin): a
+        # partition of records all turned away would hold the watermark until it is idle.
+        for version in (("v1", "v2") if i % 2 == 0 else ("v2", "v1")):
+            messages.append(orjson.dumps({
+                "request_id": f"{version}-{i}", "timestamp": START + i * step,
+                "model": "fraud", "model_version": version,
+                "features": {"amount": round(float(rng.lognormal(3, 0.5)), 3),
+                             "country": str(rng.choice(["DE", "FR", "US", "NL"]))}}))
+    return messages
+
+
+def test_a_running_service_takes_new_and_replaced_baselines_without_a_restart(
+        kafka_bootstrap):
+    topic = unique("registry-live")
+    create_topic(kafka_bootstrap, topic)
+    config = service_config(kafka_bootstrap, topic, unique("registry-live"))
+    config = dataclasses.replace(config, message=dataclasses.replace(
+        config.message, model_version="model_version"))
+    v1, v1_next, v2 = training_baseline(1), training_baseline(3), training_baseline(2)
+    registry = BaselineRegistry(config.kafka)
+    registry.publish(v1, "fraud", "v1", from_time=0)
+    baselines = ModelBaselines({identity_key("fraud", "v1"): v1}, versioned=True)
+    judged: list = []
+    # No partition goes idle while the test waits between the two halves of the stream.
+    service = DetectorService(config, baselines, on_window=judged.append,
+                              idle_timeout_s=600)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            service.run(stop)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    stream = _versions_stream(16)
+    half = len(stream) // 2  # minutes 0-8
+    try:
+        produce(kafka_bootstrap, topic, stream[:half])
+        wait_until(lambda: any(w.end is not None and w.end >= START + 6 * 60_000
+                               for w in judged), 120,
+                   lambda: f"no window judged yet ({len(judged)})",
+                   lambda: None if not errors else pytest.fail(repr(errors)))
+        assert {w.version for w in judged} == {"v1"}  # v2 has no baseline yet
+        wait_until(lambda: any(dict(r.headers)["streamskew.reason"] == b"unknown_version"
+                               for r in read_all(kafka_bootstrap, config.kafka.dlq_topic)),
+                   60, lambda: "no v2 record dead-lettered as unknown_version")
+        # A new version, and the first one's replacement from minute 12 of event time on.
+        registry.publish(v2, "fraud", "v2", from_time=0)
+        registry.publish(v1_next, "fraud", "v1", from_time=START + 12 * 60_000)
+        # Taken in at the service's next checkpoint, while it keeps consuming.
+        wait_until(lambda: service.baselines.own("fraud", "v1") is v1_next
+                   or getattr(service.baselines.own("fraud", "v1"), "id", "") == v1_next.id,
+                   60, lambda: f"the service never took the new baselines: "
+                               f"{service.baselines.describe()}")
+        assert service.baselines.own("fraud", "v2").id == v2.id
+        produce(kafka_bootstrap, topic, stream[half:])
+        wait_until(lambda: any(w.version == "v1" and w.end >= START + 15 * 60_000
+                               for w in judged), 180,
+                   lambda: f"v1 never judged to minute 15: {[(w.version, (w.start - START) // 60000 if w.start else None, (w.end - START) // 60000, w.baseline.id[:4]) for w in judged]}",
+                   lambda: None if not errors else pytest.fail(repr(errors)))
+    finally:
+        stop.set()
+        thread.join(timeout=120)
+    assert not thread.is_alive() and errors == []
+    second = [w for w in judged if w.version == "v2"]
+    assert second and {w.baseline.id for w in second} == {v2.id}
+    per_pane = 60 * 8  # v1 records in one pane
+    for window in (w for w in judged if w.version == "v1"):
+        if window.end <= START + 12 * 60_000:
+            assert window.baseline.id == v1.id, window.end
+        else:
+            assert window.baseline.id == v1_next.id, window.end
+            # the window restarted at the first pane judged against the replacement
+            panes = (window.end - (START + 12 * 60_000)) // 60_000
+            assert window.records == panes * per_pane or panes >= 4, (window.end,
+                                                                      window.records)
+    assert any(w.baseline.id == v1_next.id for w in judged)

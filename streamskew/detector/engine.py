@@ -9,7 +9,7 @@ service and replay use the same pieces, so the code that reaches a verdict is th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +18,7 @@ import numpy as np
 from ..baseline import Baseline
 from ..config import Config
 from ..records import BadRecord
-from .builder import DEFAULT_MODEL, BuilderStats
+from .builder import DEFAULT_MODEL, BuilderStats, PaneBuilder
 from .evaluator import Evaluator, WindowResult
 from .events import SkewEvent
 from .models import ModelBaselines
@@ -27,7 +27,8 @@ from .sources import SourceCoordinator
 if TYPE_CHECKING:
     from ..performance import JoinCounts, PerformanceMonitor, PerformanceWindow
 
-__all__ = ["DEFAULT_MODEL", "DEFAULT_SOURCE", "Detector", "DetectorStats", "WindowResult"]
+__all__ = ["DEFAULT_MODEL", "DEFAULT_SOURCE", "Detector", "DetectorStats", "WindowResult",
+           "next_free_pane"]
 
 DEFAULT_SOURCE = "input"
 
@@ -66,6 +67,17 @@ class DetectorStats(BuilderStats):
         stats.late += evaluator.late_records
         stats.windows, stats.events = evaluator.windows, evaluator.events
         return stats
+
+
+def next_free_pane(builders: Iterable[PaneBuilder], evaluators: Iterable[Evaluator]) -> int:
+    """The first pane index that none of ``builders`` (open panes) and ``evaluators``
+    (pending or closed panes) holds: a baseline set from there on mixes no pane's bins."""
+    seen = [index for builder in builders for _, index in builder.open]
+    for evaluator in evaluators:
+        seen += [i for s in evaluator.models.values() for i in s.pending]
+        if evaluator.closed_through is not None:
+            seen.append(evaluator.closed_through)
+    return max(seen, default=-1) + 1
 
 
 class Detector:
@@ -143,13 +155,7 @@ class Detector:
 
     def next_pane(self) -> int:
         """The first pane index that no builder or the evaluator holds yet."""
-        seen = [index for builder in self.sources.builders.values()
-                for _, index in builder.open]
-        evaluator = self.sources.evaluator
-        seen += [i for s in evaluator.models.values() for i in s.pending]
-        if evaluator.closed_through is not None:
-            seen.append(evaluator.closed_through)
-        return max(seen, default=-1) + 1
+        return next_free_pane(self.sources.builders.values(), [self.sources.evaluator])
 
     def process(self, messages: Sequence[bytes | str | Mapping[str, Any]],
                 timestamps: Sequence[int] | np.ndarray | None = None,

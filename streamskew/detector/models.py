@@ -291,6 +291,16 @@ class ModelBaselines(Mapping[str, Baseline]):
                 admitted[version] = None
         return baseline, "", ""
 
+    def own(self, model: str, version: str | None) -> Baseline | None:
+        """The newest baseline set for exactly ``model`` at ``version`` (None: every
+        version; no fallback), or None."""
+        if model == DEFAULT_MODEL and version is None:
+            entries = self._default
+        else:
+            state = self._models.get(model)
+            entries = state.entries if state is not None else []
+        return _newest(entries, LATEST, lambda e: e.version == version)
+
     def models(self) -> list[str]:
         """The model names with baselines of their own (``default`` not included)."""
         return sorted(self._models)

@@ -90,7 +90,9 @@ class EvaluatorStage:
             self._skip("other_deployment")
             return
         if message.kind == "pane":
-            baseline = baseline_for(self.baselines, message.model)
+            # The baseline in force at that pane (a registry entry may change it from a
+            # pane on; partial panes summarized against another are skipped below).
+            baseline = baseline_for(self.baselines, message.model, message.index)
             try:
                 pane = Pane.from_bytes(message.payload, baseline)
             except BaselineMismatch:

@@ -4,9 +4,11 @@
 registry topic (``[kafka] baselines_topic``, ``<group_id>.baselines`` by default); every
 running ``streamskew run`` of the deployment follows the topic and judges that model and
 version against it from the pane that holds the entry's ``from_time`` on (the event time
-it applies from: the moment of publishing unless ``--from`` says otherwise), without a
-restart. A replay applies each entry from the same event time, so it gives the events the
-live run gave. ``streamskew baseline list`` shows what is registered. Baseline files
+it applies from: the start of the second pane after publishing unless ``--from`` says
+otherwise, so every replica has read it by then and all switch at the same pane), without a
+restart. ``run`` and ``replay`` started with no baseline file take what is registered (a
+replay judges its whole range against it). ``streamskew baseline list`` shows what is
+registered. Baseline files
 (``--baseline``, ``[models.<name>] baseline``) work as before without any of this.
 
 On the topic (one partition, ``cleanup.policy=compact``: the latest value per key is kept):
@@ -301,13 +303,8 @@ class RegistryFollower:
         self.entries: dict[tuple[str, str], RegistryEntry] = {}
 
     def start(self, timeout_s: float = 30.0) -> list[RegistryEntry]:
-        """Read the whole registry (the entries in force now); the topic is created when
-        missing, so replicas started before the first publish still follow it."""
-        admin = connect_admin(self.kafka, self.bootstrap, "reading the baseline registry")
-        try:
-            ensure_topics(admin, [registry_topic(self.kafka)])
-        finally:
-            admin.close()
+        """Read the whole registry (the entries in force now). The service creates the
+        topic first, so replicas started before the first publish still follow it."""
         self.consumer = _assigned(self.kafka, self.bootstrap, self.topic)
         tp = TopicPartition(self.topic, 0)
         end = self.consumer.end_offsets([tp])[tp]

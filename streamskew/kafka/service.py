@@ -44,14 +44,17 @@ from kafka.errors import KafkaError, ProducerFencedError
 
 from ..baseline import Baseline
 from ..config import Config
-from ..detector.builder import BuilderStats
+from ..detector.builder import DEFAULT_MODEL, BuilderStats
+from ..detector.engine import next_free_pane
 from ..detector.evaluator import WindowResult
 from ..detector.events import SkewEvent
+from ..detector.models import ModelBaselines
 from .clients import admin_settings, consumer_settings, producer_settings
 from .evaluator_stage import EvaluatorStage
 from .evaluators import EvaluatorStages
 from .failures import KafkaProblem, connect_admin, explain, is_transient
 from .metrics import Metrics, NullMetrics
+from .registry import RegistryEntry, RegistryFollower, registry_topic
 from .slots import Slot
 from .source_stage import SourceStage, dead_letter_headers, source_name
 from .state import CheckpointStore, builder_key, evaluator_key
@@ -101,11 +104,17 @@ class DetectorService:
                  on_event: Callable[[SkewEvent], None] | None = None,
                  metrics: Metrics | None = None, max_poll_records: int = 5000,
                  worker: int = 0, clock: Callable[[], float] = time.monotonic,
-                 on_window: Callable[[WindowResult], None] | None = None) -> None:
+                 on_window: Callable[[WindowResult], None] | None = None,
+                 follow_registry: bool = True) -> None:
         self.config = config
         self.kafka = config.kafka
-        self.baselines = ({"default": baselines} if isinstance(baselines, Baseline)
-                          else dict(baselines))
+        # One resolver for every stage of this process: a registry entry set on it reaches
+        # every builder and evaluator at once, and admissions ([models] max_models) are
+        # counted once per process.
+        self.baselines = ModelBaselines.of(
+            {DEFAULT_MODEL: baselines} if isinstance(baselines, Baseline) else baselines, config)
+        self.registry = RegistryFollower(self.kafka, bootstrap_servers) \
+            if follow_registry else None
         self.bootstrap = bootstrap_servers
         self.until_end = until_end
         self.checkpoint_interval_s = checkpoint_interval_s
@@ -143,6 +152,8 @@ class DetectorService:
             if created:
                 log.info("created topics %s", ", ".join(created))
             self.topics = source_topics(self.kafka, admin.list_topics())
+            if self.registry is not None:
+                ensure_topics(admin, [registry_topic(self.kafka)])
             self.source_stage.retention = RetentionWatch(retention_ms(admin, self.topics))
         finally:
             admin.close()
@@ -177,6 +188,10 @@ class DetectorService:
         self._topics_checked = self.clock()
         self.panes_consumer.subscribe([self.kafka.panes_topic],
                                       listener=_EvaluatorListener(self))
+        if self.registry is not None:  # (again after a failure: re-read, applied once)
+            self.registry.close()
+            for entry in self.registry.start():
+                self._use_registered(entry)
 
     # -- main loop ---------------------------------------------------------------------------
 
@@ -310,7 +325,11 @@ class DetectorService:
     def checkpoint(self, force: bool = False) -> None:
         """Commit stage 1 (panes, dead letters, builder state, source offsets), then stage 2
         (alerts, evaluator state, panes offsets), each in its own transaction. Stage 2 waits
-        for alerts or for EVALUATOR_CHECKPOINT_EVERY checkpoints, unless ``force``."""
+        for alerts or for EVALUATOR_CHECKPOINT_EVERY checkpoints, unless ``force``. New
+        registry entries are taken in first (so at most a checkpoint interval late)."""
+        if self.registry is not None:
+            for entry in self.registry.poll():
+                self._use_registered(entry)
         if self.source_stage.commit(self.producer, transaction):
             self.stats.transactions += 1
             self._committed_since_failure = True
@@ -321,6 +340,30 @@ class DetectorService:
                 self.stats.transactions += 1
             self._evaluator_due = 0
         self.source_stage.report()
+
+    def _use_registered(self, entry: RegistryEntry) -> None:
+        """Judge ``entry``'s model and version against its baseline from the pane that holds
+        its ``from_time`` on, or from the first pane this process holds nothing of yet
+        when that is later (no pane mixes two baselines' bins)."""
+        version = entry.version or None
+        current = self.baselines.own(entry.model, version)
+        if current is not None and current.id == entry.baseline.id:
+            return  # already in use (read again after a reconnect)
+        evaluators = [s.sources.evaluator for s in self.evaluator_stage.stages.values()
+                      if s.sources is not None]
+        builders = [s.builder for s in self.source_stage.sources.values()]
+        from_pane = max(entry.from_time // self.config.window.pane_ms,
+                        next_free_pane(builders, evaluators))
+        try:
+            self.baselines.set_baseline(entry.model, version, entry.baseline, from_pane)
+        except ValueError as exc:
+            log.warning("registry: model %r version %r not used: %s", entry.model,
+                        entry.version, exc)
+            return
+        self.metrics.use_baselines(self.baselines)
+        log.info("registry: model %r version %s judged against baseline %s from pane %d on",
+                 entry.model, repr(entry.version) if entry.version else "(any)",
+                 entry.baseline.id, from_pane)
 
     def _published(self, event: SkewEvent) -> None:
         self.stats.events.append(event)
@@ -368,6 +411,8 @@ class DetectorService:
         self.stats.dead_letters = self.source_stage.dead_letters
         self.stats.deleted_unread = dict(self.source_stage.deleted_unread)
         self.stats.warnings = list(self.source_stage.warnings)
+        if self.registry is not None:
+            self.registry.close()
         for client in ("source_consumer", "panes_consumer", "producer"):
             closer = getattr(self.__dict__.get(client), "close", None)
             if closer is None:
