@@ -29,7 +29,6 @@ from streamskew.kafka.workers import run_workers
 
 from .kafka_helpers import (
     KEEP,
-    committed_offsets,
     create_topic,
     event_ids,
     produce,
@@ -232,31 +231,24 @@ bootstrap_servers = "{kafka_bootstrap}"
 topics = ["{requests}"]
 group_id = "{group}"
 transaction_timeout_ms = 10000
-max_poll_records = 400
 ''')
     process = subprocess.Popen([sys.executable, "-m", "streamskew.cli", "run", "--config",
                                 str(toml), "--checkpoint-interval", "200ms"],
                                stderr=subprocess.DEVNULL)
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     try:
-        def committed(topic: str) -> int:
-            return sum(committed_offsets(admin, group, topic).values())
-
         def running() -> None:
             assert process.poll() is None
 
-        # Labels and requests partly committed: the join holds requests waiting for labels.
-        wait_until(lambda: committed(requests) > len(st.requests) // 4
-                   and committed(labels) > 0, 180, lambda: "too little committed", running,
-                   0.05)
+        # Kill once the committed checkpoint holds requests waiting for their labels.
+        wait_until(lambda: _pending_in_checkpoint(config, classifier_baseline) > 0, 180,
+                   lambda: "no checkpoint with pending requests", running, 0.1)
         process.kill()
         process.wait(timeout=30)
-        done = committed(requests) + committed(labels)
     finally:
-        admin.close()
         if process.poll() is None:
             process.kill()
-    assert done < len(st.requests) + len(st.labels), "the first run finished first"
+    # What the restart continues from: a join mid-way, requests waiting for labels.
+    assert _pending_in_checkpoint(config, classifier_baseline) > 0
     service = DetectorService(config, classifier_baseline, until_end=True)
     _run(service, 300)
     published = _performance(_published(kafka_bootstrap, config))
@@ -268,6 +260,23 @@ max_poll_records = 400
     assert counts is not None
     wanted = _expected_counts(st)
     assert {k: getattr(counts, k) for k in wanted} == wanted
+
+
+def _pending_in_checkpoint(config: Config, baseline) -> int:
+    """Requests the label join holds in the evaluator's last committed checkpoint (0 when
+    there is none yet, or the join has finished)."""
+    from streamskew.kafka.clients import consumer_settings
+    from streamskew.kafka.state import CheckpointStore, EvaluatorCheckpoint, evaluator_key
+    from streamskew.performance import PerformanceMonitor
+
+    key = evaluator_key(config.kafka.group_id, 0)
+    store = CheckpointStore(config.kafka.state_topic, config.kafka.group_id)
+    value = store.read(consumer_settings(config.kafka), {key}).get(key)
+    if value is None or not EvaluatorCheckpoint.decode(value).performance:
+        return 0
+    monitor = PerformanceMonitor(config, {"default": baseline})
+    monitor.restore(EvaluatorCheckpoint.decode(value).performance)
+    return 0 if monitor.join.finished else monitor.join.pending.live
 
 
 def _run(service: DetectorService, timeout_s: float) -> None:
