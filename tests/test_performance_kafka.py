@@ -293,3 +293,63 @@ def _run(service: DetectorService, timeout_s: float) -> None:
     thread.join(timeout_s)
     assert not thread.is_alive(), "the service did not finish"
     assert errors == []
+
+
+# -- what travels: the shipped arrays decide as the records do (no broker needed) ----------
+
+
+@pytest.mark.parametrize("sample", [1.0, 0.3])
+def test_shipped_arrays_give_the_events_and_counts_of_the_records(classifier_baseline,
+                                                                  sample):
+    """JoinFeed -> bytes (split small) -> PerformanceMonitor.add_*_keys equals the Detector
+    fed the records themselves: same event ids, same join counts (dataclass equality)."""
+    from streamskew.performance import PerformanceMonitor
+    from streamskew.performance.shipping import JoinFeed, LabelArrays, RequestArrays
+
+    st = stream(hours=3, bug_from=1.5, late_share=0.03, duplicate_share=0.02,
+                unlabelled_share=0.05, orphans=40)
+    config = Config.from_dict({**CONFIG, "labels": {**CONFIG["labels"], "sample": sample}})
+    detector = Detector(config, classifier_baseline)
+    monitor = PerformanceMonitor(config, {"default": classifier_baseline})
+    feed = JoinFeed(config, {"default": classifier_baseline})
+    expected, shipped = [], []
+    for kind, part in interleaved(st, 500):
+        raw = [orjson.dumps(r) for r in part]
+        if kind == "labels":
+            expected += detector.process_labels(raw)
+            arrays, bad = feed.labels(raw)
+            assert bad == []
+            for piece in arrays.split(3000):  # several records per batch
+                shipped += monitor.add_label_keys(LabelArrays.decode(piece.encode()), "l")
+        else:
+            expected += detector.process(raw)
+            for piece in feed.requests(raw).split(3000):
+                shipped += monitor.add_request_keys(RequestArrays.decode(piece.encode()), "r")
+    expected += detector.flush()
+    shipped += monitor.finish()
+    assert _performance(expected), "the bug should fire"
+    assert event_ids(_performance(expected)) == event_ids(shipped)
+    assert detector.stats.labels == monitor.counts
+
+
+def test_simple_label_batches_read_as_the_record_reader_reads_them(classifier_baseline):
+    """The C-speed path for plain batches and LabelReader give the same arrays; a batch
+    with anything unusual goes to LabelReader."""
+    import numpy as np
+
+    from streamskew.performance.shipping import JoinFeed
+
+    st = stream(hours=1, duplicate_share=0.02, orphans=10)
+    config = Config.from_dict({**CONFIG, "labels": {**CONFIG["labels"], "sample": 0.5}})
+    feed = JoinFeed(config, {"default": classifier_baseline})
+    for labels in ([orjson.dumps(r) for r in st.labels],
+                   [orjson.dumps({**r, "label": "yes" if r["label"] else "no"})
+                    for r in st.labels]):
+        fast = feed._simple_labels(labels, None)
+        slow_feed = JoinFeed(config, {"default": classifier_baseline})
+        slow_feed._simple_labels = lambda *_: None  # type: ignore[method-assign]
+        slow, bad = slow_feed.labels(labels)
+        assert fast is not None and bad == []
+        for name in ("times", "keys", "sampled", "values"):
+            assert np.array_equal(getattr(fast, name), getattr(slow, name), equal_nan=True)
+    assert feed._simple_labels([orjson.dumps(st.labels[0]), b"not json"], None) is None
