@@ -9,6 +9,15 @@ panes offsets are committed in one Kafka transaction (:meth:`EvaluatorStage.comm
 Records on the panes topic that another deployment wrote (another group id) or that were
 summarized against another baseline are counted and skipped, never merged: their bins would
 mean something else.
+
+With ``[labels]``, the owner of the panes topic's first partition also runs the label join
+(one :class:`~streamskew.performance.monitor.PerformanceMonitor`): the source stages ship
+it, per polled batch, what it needs of every request and label partition, in each
+partition's order, and heartbeats say when a partition is idle or final. Its
+``performance`` / ``estimated_performance`` events are published with the skew events, and
+its snapshot (pending requests, waiting labels, open panes, windows, hysteresis, counts)
+goes into the same checkpoint, in the same transaction as the panes offsets: a restart
+continues the join exactly where the last commit left it.
 """
 
 from __future__ import annotations
@@ -28,13 +37,21 @@ from ..detector.evaluator import WindowResult
 from ..detector.events import SkewEvent
 from ..detector.sources import SourceCoordinator
 from ..detector.window import BaselineMismatch, Pane
+from ..errors import StreamskewError
+from ..performance.monitor import PerformanceMonitor, references_of
+from ..performance.shipping import LabelArrays, RequestArrays
+from ..performance.windows import PerformanceWindow
 from .metrics import Metrics
 from .state import CheckpointStore, EvaluatorCheckpoint, PaneMessage, evaluator_key
 from .transactions import TXN_TIMEOUT_S, send_offsets
 
-__all__ = ["EvaluatorStage"]
+__all__ = ["JOIN_PARTITION", "EvaluatorStage"]
 
 log = logging.getLogger(__name__)
+
+JOIN_PARTITION = 0  # the panes partition whose owner runs the label join
+JOIN_OUTCOMES = ("matched", "late", "duplicate", "without_request", "unlabelled", "dropped",
+                 "unsampled_labels")
 
 
 class EvaluatorStage:
@@ -42,7 +59,10 @@ class EvaluatorStage:
 
     def __init__(self, config: Config, baselines: Mapping[str, Baseline], metrics: Metrics,
                  expected: Callable[[], Iterable[str]], checkpoints: CheckpointStore,
-                 on_window: Callable[[WindowResult], None] | None = None) -> None:
+                 on_window: Callable[[WindowResult], None] | None = None,
+                 expected_labels: Callable[[], Iterable[str]] = tuple,
+                 on_performance_window: Callable[[PerformanceWindow], None] | None = None
+                 ) -> None:
         self.config = config
         self.kafka = config.kafka
         self.group = config.kafka.group_id
@@ -61,6 +81,16 @@ class EvaluatorStage:
         self.checkpoints = checkpoints
         self.checkpoint_bytes = 0  # stored size of the last checkpoint
         self.then = on_window  # also told of every judged window
+        # [labels]: the label join, while this process owns JOIN_PARTITION.
+        self.expected_labels = expected_labels  # every labels partition the join waits for
+        self.with_labels = config.labels is not None
+        if self.with_labels and not references_of(baselines):
+            raise StreamskewError("[labels] needs a baseline with a reference performance: "
+                                  "rebuild it on the validation set with `streamskew "
+                                  "baseline build --label COL [--prediction COL]`")
+        self.monitor: PerformanceMonitor | None = None
+        self.then_performance = on_performance_window
+        self.reported_counts: dict[str, int] = {}  # join counts told to the metrics
 
     @property
     def owner(self) -> bool:
@@ -68,8 +98,11 @@ class EvaluatorStage:
 
     @property
     def done(self) -> bool:
-        """until_end: every source finished and the evaluation flushed."""
-        return self.sources is None or self.sources.done
+        """until_end: every source finished and the evaluation flushed (with the label join:
+        every labels partition finished too, and the join's last windows judged)."""
+        if self.sources is None:
+            return True
+        return self.sources.done and (self.monitor is None or self.monitor.join.finished)
 
     # -- panes -------------------------------------------------------------------------------
 
@@ -89,7 +122,9 @@ class EvaluatorStage:
         if message.group != self.group:  # another deployment sharing the topic
             self._skip("other_deployment")
             return
-        if message.kind == "pane":
+        if message.kind in ("requests", "labels"):
+            self._join(message)
+        elif message.kind == "pane":
             # The baseline in force at that pane (a registry entry may change it from a
             # pane on; partial panes summarized against another are skipped below).
             baseline = baseline_for(self.baselines, message.model, message.index)
@@ -103,9 +138,37 @@ class EvaluatorStage:
                 whole.merge(pane)
                 pane = whole
             self.sources.add_pane(message.source, message.model, message.index, pane)
+        elif message.labels:  # a labels partition: only the join follows it
+            if self.monitor is not None:
+                self.pending.extend(self.monitor.source_state(
+                    message.source, message.idle, message.final, labels=True))
         else:
             self.pending.extend(self.sources.heartbeat(message.source, message.watermark,
                                                        idle=message.idle, final=message.final))
+            if self.monitor is not None:
+                self.pending.extend(self.monitor.source_state(
+                    message.source, message.idle, message.final, labels=False))
+
+    def _join(self, message: PaneMessage) -> None:
+        if self.monitor is None:
+            self._skip("labels_without_join")  # [labels] off here, on where it was written
+            return
+        try:
+            if message.kind == "requests":
+                events = self.monitor.add_request_keys(RequestArrays.decode(message.payload),
+                                                       message.source)
+            else:
+                events = self.monitor.add_label_keys(LabelArrays.decode(message.payload),
+                                                     message.source)
+        except (ValueError, KeyError, TypeError):
+            self._skip("damaged_join_record")
+            return
+        self.pending.extend(events)
+
+    def on_performance(self, window: PerformanceWindow) -> None:
+        self.metrics.performance_window(window)
+        if self.then_performance is not None:
+            self.then_performance(window)
 
     def _skip(self, reason: str) -> None:
         count = self.skipped.get(reason, 0)
@@ -132,6 +195,7 @@ class EvaluatorStage:
         if not self.pending and positions == self.committed_positions:
             return False
         snapshot = self.sources.snapshot()
+        performance = self.monitor.snapshot() if self.monitor is not None else b""
         with transaction(producer):
             for event in self.pending:
                 producer.send(self.kafka.alerts_topic, key=event.key.encode(),
@@ -139,7 +203,9 @@ class EvaluatorStage:
             for tp in self.partitions:
                 self.checkpoint_bytes = self.checkpoints.send(
                     producer, evaluator_key(self.group, tp.partition),
-                    EvaluatorCheckpoint(positions[tp], snapshot).encode())
+                    EvaluatorCheckpoint(positions[tp], snapshot,
+                                        performance if tp.partition == JOIN_PARTITION
+                                        else b"").encode())
             send_offsets(producer,
                          {tp: OffsetAndMetadata(p, "", -1) for tp, p in positions.items()},
                          self.consumer.group_metadata(), TXN_TIMEOUT_S)
@@ -149,7 +215,19 @@ class EvaluatorStage:
             self.metrics.event(event)
             on_event(event)
         self.pending.clear()
+        self._report_join()
         return True
+
+    def _report_join(self) -> None:
+        """The join's committed counts (as increments) and pending requests, for metrics."""
+        if self.monitor is None:
+            return
+        counts = self.monitor.counts
+        now = {name: getattr(counts, name) for name in JOIN_OUTCOMES}
+        now["bad"] = sum(counts.bad_labels.values())
+        self.metrics.label_join({k: v - self.reported_counts.get(k, 0) for k, v in now.items()},
+                                self.monitor.join.pending.live)
+        self.reported_counts = now
 
     # -- rebalances --------------------------------------------------------------------------
 
@@ -158,6 +236,9 @@ class EvaluatorStage:
         self.sources = SourceCoordinator(self.config, self.baselines,
                                          on_window=self.on_window)
         self.partitions = set(partitions)
+        joins = self.with_labels and any(tp.partition == JOIN_PARTITION for tp in partitions)
+        self.monitor = PerformanceMonitor(self.config, self.baselines,
+                                          on_window=self.on_performance) if joins else None
         for tp in partitions:  # one panes partition in the default layout
             value = saved.get(evaluator_key(self.group, tp.partition))
             if value is None:
@@ -169,16 +250,34 @@ class EvaluatorStage:
                 log.warning("evaluator checkpoint not restored (%s): windows start empty",
                             exc)
                 self._skip("other_baseline")
+            if self.monitor is not None and checkpoint.performance:
+                self._restore_join(checkpoint.performance)
             self.consumer.seek(tp, checkpoint.position)
         # Skews raised before the restart or rebalance show at once, not at their next event.
         self.metrics.evaluator_assigned(
             (m.model, *key) for m in self.sources.evaluator.models.values()
             for key, state in m.hysteresis.items() if state.active)
         self.sources.expect(self.expected())
+        if self.monitor is not None:
+            self.monitor.join.expect(sorted(self.expected()), sorted(self.expected_labels()))
+            counts = self.monitor.counts
+            self.reported_counts = {name: getattr(counts, name) for name in JOIN_OUTCOMES}
+            self.reported_counts["bad"] = sum(counts.bad_labels.values())
         self.committed_positions = None
         self.windows_before = self.sources.evaluator.windows  # judged by earlier owners
         self.committed_windows = self.windows_before
         log.info("evaluating %s", ", ".join(f"{tp.topic}/{tp.partition}" for tp in partitions))
+
+    def _restore_join(self, data: bytes) -> None:
+        assert self.monitor is not None
+        try:
+            self.monitor.restore(data)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("label join not restored from the checkpoint (%r): it starts empty",
+                        exc)
+            self.monitor = PerformanceMonitor(self.config, self.baselines,
+                                              on_window=self.on_performance)
+            self._skip("damaged_join_checkpoint")
 
     def revoke(self, producer: KafkaProducer, transaction: Any,
                on_event: Callable[[SkewEvent], None]) -> None:
@@ -198,5 +297,6 @@ class EvaluatorStage:
         if self.sources is not None:
             self.windows += self.committed_windows - self.windows_before
         self.sources = None
+        self.monitor = None
         self.partitions = set()
         self.pending.clear()

@@ -7,8 +7,9 @@ watermark heartbeat goes to every partition. The evaluator group (``<group_id>.e
 spreads the partitions over the running processes; each owned partition gets its own
 :class:`~streamskew.kafka.evaluator_stage.EvaluatorStage`, with its own coordinator and its
 own checkpoint (``evaluator/<group>/<partition>``), so a partition moves between processes
-with exactly its models' state. Any assignment of partitions to processes gives the same
-events: each model is judged in one place, from the same panes and watermarks.
+with exactly its models' state. The label join (``[labels]``) lives with partition 0. Any
+assignment of partitions to processes gives the same events: each model is judged in one
+place, from the same panes and watermarks.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as TP
 
 from ..detector.events import SkewEvent
-from .evaluator_stage import EvaluatorStage
+from ..performance.monitor import PerformanceMonitor
+from .evaluator_stage import JOIN_PARTITION, EvaluatorStage
 
 __all__ = ["EvaluatorStages", "panes_partition"]
 
@@ -78,6 +80,12 @@ class EvaluatorStages:
             for reason, count in stage.skipped.items():
                 total[reason] = total.get(reason, 0) + count
         return total
+
+    @property
+    def monitor(self) -> PerformanceMonitor | None:
+        """The label join, when this process owns its partition (``JOIN_PARTITION``)."""
+        stage = self.stages.get(JOIN_PARTITION)
+        return stage.monitor if stage is not None else None
 
     @property
     def checkpoint_bytes(self) -> int:

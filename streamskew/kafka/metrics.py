@@ -35,7 +35,18 @@ metric                                                 type     what
 ``skew_active{model,feature,check,metric}``            gauge    raised skews (1 or 0)
 ``events_total{model,feature,check,type,severity}``    counter  skew events emitted
 ``kafka_errors_total{error}``                          counter  Kafka failures waited out
+``label_join_total{outcome}``                          counter  labels/requests by join outcome
+``label_join_pending_requests``                        gauge    sampled requests awaiting a label
+``performance{model,metric,kind}``                     gauge    realized/estimated/reference
 =====================================================  =======  ===============================
+
+The last three exist with ``[labels]`` (performance skew), served by the process that runs
+the label join (the evaluator). ``outcome`` is one of ``matched``, ``late``, ``duplicate``,
+``without_request``, ``unlabelled`` (sampled requests whose label did not come within
+``max_delay``), ``dropped`` (sampled requests not kept: the pending table was full),
+``unsampled_labels`` and ``bad`` (unreadable label records); counted as committed.
+``performance`` holds the last judged window's value of each metric: ``kind="realized"``
+(from the labels), ``"estimated"`` (CBPE, before the labels), ``"reference"`` (validation).
 
 Label values never come from message content without a bound (:class:`LabelBudget`): the
 ``model`` label is one of the deployment's baselines (the keys of the mapping the service
@@ -130,6 +141,8 @@ class Metrics(Protocol):
     def evaluator_revoked(self) -> None: ...
     def kafka_error(self, error: str) -> None: ...
     def deleted_unread(self, topic: str, n: int) -> None: ...
+    def label_join(self, outcomes: Mapping[str, int], pending: int) -> None: ...
+    def performance_window(self, window: Any) -> None: ...
 
 
 class LabelBudget:
@@ -260,6 +273,14 @@ class ServiceMetrics:
                                      ("error",))
         self._deleted = counter("deleted_unread_records", "Records the broker deleted "
                                 "(retention) before this service read them.", ("topic",))
+        self._join = counter("label_join", "Label join outcomes ([labels]): matched, late, "
+                             "duplicate, without_request, unlabelled, dropped, "
+                             "unsampled_labels, bad.", ("outcome",))
+        self._pending = gauge("label_join_pending_requests", "Sampled requests the label join "
+                              "holds, waiting for their label.", ())
+        self._performance = gauge("performance", "Performance of the last judged window: "
+                                  "kind=realized (labels), estimated (CBPE) or reference "
+                                  "(validation).", ("model", "metric", "kind"))
         # Registered once every metric exists: the served registry learns their names now
         # (a scrape may ask for some by name: /metrics?name[]=streamskew_score).
         self.registry.register(_WithoutCreated(own))
@@ -441,7 +462,7 @@ class ServiceMetrics:
     def evaluator_revoked(self) -> None:
         """Another process judges the windows now: drop this one's scores, thresholds and
         raised skews, which it would otherwise serve, stale, for ever."""
-        for gauge in (self._score, self._threshold, self._active):
+        for gauge in (self._score, self._threshold, self._active, self._performance):
             gauge.clear()
         self._raised.clear()
 
@@ -452,6 +473,27 @@ class ServiceMetrics:
     def deleted_unread(self, topic: str, n: int) -> None:
         """``n`` records of ``topic`` were deleted by retention before they were read."""
         self._deleted.labels(topic).inc(n)
+
+    # -- performance skew --------------------------------------------------------------------
+
+    def label_join(self, outcomes: Mapping[str, int], pending: int) -> None:
+        """The label join's outcomes since the last call, and its pending requests."""
+        for outcome, n in outcomes.items():
+            self._join.labels(outcome).inc(max(n, 0))
+        self._pending.set(pending)
+
+    def performance_window(self, window: Any) -> None:
+        """A performance window was judged (a ``PerformanceWindow``)."""
+        model = self._model(window.model)
+        realized = window.check == "performance"
+        for result in window.results:
+            if math.isfinite(result.value):
+                self._performance.labels(model, result.metric,
+                                         "realized" if realized else "estimated"
+                                         ).set(result.value)
+            if realized and math.isfinite(result.reference):
+                self._performance.labels(model, result.metric, "reference"
+                                         ).set(result.reference)
 
 
 class NullMetrics:
@@ -519,4 +561,10 @@ class NullMetrics:
         """Ignored."""
 
     def deleted_unread(self, topic: str, n: int) -> None:
+        """Ignored."""
+
+    def label_join(self, outcomes: Mapping[str, int], pending: int) -> None:
+        """Ignored."""
+
+    def performance_window(self, window: Any) -> None:
         """Ignored."""

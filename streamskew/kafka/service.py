@@ -49,6 +49,7 @@ from ..detector.engine import next_free_pane
 from ..detector.evaluator import WindowResult
 from ..detector.events import SkewEvent
 from ..detector.models import ModelBaselines
+from ..performance.join import JoinCounts
 from .clients import admin_settings, consumer_settings, producer_settings
 from .evaluator_stage import EvaluatorStage
 from .evaluators import EvaluatorStages
@@ -58,7 +59,14 @@ from .registry import RegistryEntry, RegistryFollower, registry_topic
 from .slots import Slot
 from .source_stage import SourceStage, dead_letter_headers, source_name
 from .state import CheckpointStore, builder_key, evaluator_key
-from .topics import RetentionWatch, ensure_topics, internal_topics, retention_ms, source_topics
+from .topics import (
+    RetentionWatch,
+    ensure_topics,
+    internal_topics,
+    label_topics,
+    retention_ms,
+    source_topics,
+)
 from .transactions import transaction
 
 __all__ = ["DetectorService", "ServiceStats", "dead_letter_headers", "source_name"]
@@ -89,6 +97,7 @@ class ServiceStats:
     kafka_errors: dict[str, int] = field(default_factory=dict)  # waited out, by error
     deleted_unread: dict[str, int] = field(default_factory=dict)  # by topic (retention)
     warnings: list[str] = field(default_factory=list)  # said in the log; repeat at the end
+    labels: JoinCounts | None = None  # [labels]: the join's counts, if this process ran it
 
 
 class DetectorService:
@@ -126,13 +135,15 @@ class DetectorService:
         self.clock = clock
         self.group = self.kafka.group_id
         self.stats = ServiceStats()
-        self.expected_sources: set[str] = set()
+        self.expected_sources: set[str] = set()  # request partitions
+        self.expected_label_sources: set[str] = set()  # [labels] partitions
+        self.label_topics: list[str] = []
         self.checkpoints = CheckpointStore(self.kafka.state_topic, self.group)
         self.source_stage = SourceStage(config, self.baselines, self.metrics, clock,
                                         until_end, idle_timeout_s, self.checkpoints)
         self.evaluator_stage = EvaluatorStages(lambda: EvaluatorStage(
             config, self.baselines, self.metrics, lambda: self.expected_sources,
-            self.checkpoints, on_window))
+            self.checkpoints, on_window, expected_labels=lambda: self.expected_label_sources))
         self.joined_sources = self.joined_evaluator = False
         self._evaluator_due = 0  # checkpoints since the evaluator's last commit
         self._committed_since_failure = True
@@ -151,10 +162,14 @@ class DetectorService:
             created = ensure_topics(admin, internal_topics(self.kafka))
             if created:
                 log.info("created topics %s", ", ".join(created))
-            self.topics = source_topics(self.kafka, admin.list_topics())
+            available = admin.list_topics()
+            self.label_topics = self._label_topics(available)
+            self.topics = [t for t in source_topics(self.kafka, available)
+                           if t not in self.label_topics]
             if self.registry is not None:
                 ensure_topics(admin, [registry_topic(self.kafka)])
-            self.source_stage.retention = RetentionWatch(retention_ms(admin, self.topics))
+            self.source_stage.retention = RetentionWatch(
+                retention_ms(admin, self.topics + self.label_topics))
         finally:
             admin.close()
         if not self.topics:
@@ -170,9 +185,13 @@ class DetectorService:
                                                "group_id": f"{self.group}.evaluator"})
         self.source_stage.consumer = self.source_consumer
         self.evaluator_stage.consumer = self.panes_consumer
-        partitions = [TP(t, p) for t in self.topics
+        self.source_stage.label_topics = set(self.label_topics)
+        partitions = [TP(t, p) for t in self.topics + self.label_topics
                       for p in sorted(self.source_consumer.partitions_for_topic(t) or ())]
-        self.expected_sources = {source_name(tp) for tp in partitions}
+        self.expected_sources = {source_name(tp) for tp in partitions
+                                 if tp.topic not in self.label_topics}
+        self.expected_label_sources = {source_name(tp) for tp in partitions
+                                       if tp.topic in self.label_topics}
         if self.until_end:
             self.source_stage.targets = self.source_consumer.end_offsets(partitions)
         # A transactional id that a restarted process reuses: init_transactions then fences
@@ -184,7 +203,8 @@ class DetectorService:
         self.producer = KafkaProducer(**producer_settings(
             self.kafka, self.bootstrap, transactional_id=self.transactional_id, linger_ms=5))
         self.producer.init_transactions()
-        self.source_consumer.subscribe(self.topics, listener=_SourceListener(self))
+        self.source_consumer.subscribe(self.topics + self.label_topics,
+                                       listener=_SourceListener(self))
         self._topics_checked = self.clock()
         self.panes_consumer.subscribe([self.kafka.panes_topic],
                                       listener=_EvaluatorListener(self))
@@ -291,6 +311,21 @@ class DetectorService:
             self._follow_pattern()
         self.checkpoint(force=True)
 
+    def _label_topics(self, available: list[str]) -> list[str]:
+        """[labels] topic(s) to read beside the requests ([] without [labels])."""
+        labels = self.config.labels
+        if labels is None:
+            return []
+        found = label_topics(self.kafka, labels, available)
+        if not found:
+            wanted = labels.topic_pattern or labels.topic
+            if not wanted:
+                raise KafkaProblem("run: [labels] names no labels topic: set [labels] topic "
+                                   "(or topic_pattern)")
+            raise KafkaProblem(f"run: no labels topic to read: [labels] topic/topic_pattern "
+                               f"= {wanted}; create the topic or fix the config")
+        return found
+
     def _follow_pattern(self) -> None:
         """With ``topic_pattern``, take in matching topics created since start (checked every
         ``metadata_max_age_ms``, Kafka's 5 minutes unless set in [kafka]). A plain topic list
@@ -303,11 +338,13 @@ class DetectorService:
         if self.clock() - self._topics_checked < every_s:
             return
         self._topics_checked = self.clock()
-        topics = source_topics(self.kafka, self.source_consumer.topics())
+        topics = [t for t in source_topics(self.kafka, self.source_consumer.topics())
+                  if t not in self.label_topics]
         if set(topics) - set(self.topics):
             log.info("new source topics: %s", ", ".join(sorted(set(topics) - set(self.topics))))
             self.topics = sorted(set(self.topics) | set(topics))  # deleted ones: left to Kafka
-            self.source_consumer.subscribe(self.topics, listener=_SourceListener(self))
+            self.source_consumer.subscribe(self.topics + self.label_topics,
+                                           listener=_SourceListener(self))
 
     def _poll_sources(self) -> None:
         for tp, records in self.source_consumer.poll(timeout_ms=100).items():
@@ -406,6 +443,8 @@ class DetectorService:
         # Everything is committed; forget it before closing, so the revocation callbacks
         # that closing triggers neither commit nor count it again.
         self.stats.builders.merge(self.source_stage.release())
+        if self.evaluator_stage.monitor is not None:
+            self.stats.labels = self.evaluator_stage.monitor.counts
         self.evaluator_stage.release()
         self.stats.windows = self.evaluator_stage.windows
         self.stats.dead_letters = self.source_stage.dead_letters

@@ -6,6 +6,15 @@ panes, dead letters and the partition's watermark wait for the next checkpoint, 
 them with the builders' checkpoints and the consumed offsets in one Kafka transaction
 (:meth:`SourceStage.commit`). Idle partitions are decided here, from the service's clock,
 and told to the evaluator as a flag on the heartbeat: the engine itself reads no clock.
+
+With ``[labels]`` the labels topic's partitions are sources too (same consumer group), but
+without a builder: the label join runs in the evaluator stage, which sees every partition.
+For each polled batch, this stage picks out what the join needs (request ids as join keys,
+event times, models, predictions; label keys, times and values:
+:mod:`streamskew.performance.shipping`) and ships it on the panes topic in the same
+transaction as the consumed offsets, ahead of the partition's heartbeat, so the evaluator
+sees each partition's requests and labels in the partition's order. Unreadable labels are
+dead-lettered with their reason, like bad requests.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from ..baseline import Baseline
 from ..config import Config
 from ..detector.builder import BuilderStats, PaneBuilder, SealedPane
 from ..detector.window import BaselineMismatch, Pane
+from ..performance.shipping import JoinFeed, LabelArrays, RequestArrays
 from ..records import NO_TIME, BadRecord
 from .evaluators import panes_partition
 from .metrics import Metrics
@@ -89,10 +99,11 @@ def pane_parts(pane: Pane, max_bytes: int) -> list[bytes]:
 class _Source:
     """One assigned source partition: its builder, position, and what waits for commit."""
 
-    def __init__(self, tp: TP, builder: PaneBuilder, final: bool, now: float) -> None:
+    def __init__(self, tp: TP, builder: PaneBuilder | None, final: bool, now: float) -> None:
         self.tp = tp
         self.name = source_name(tp)
-        self.builder = builder
+        self.builder = builder  # None for a labels partition
+        self.labels = builder is None
         self.final = final
         self.position: int | None = None
         self.dirty = False  # a new position or state to checkpoint
@@ -102,6 +113,13 @@ class _Source:
         self.panes: list[SealedPane] = []  # sealed, not committed yet
         self.dead: list[BadRecord] = []  # dead letters (position = offset), not committed yet
         self.committed = BuilderStats()  # the builder's counters at its last commit
+        self.join: list[RequestArrays | LabelArrays] = []  # for the label join, not committed
+        self.label_records = 0  # labels partition: records read
+        self.committed_labels = 0  # ... at the last commit
+
+    @property
+    def watermark(self) -> int:
+        return self.builder.watermark if self.builder is not None else NO_TIME
 
 
 class SourceStage:
@@ -130,6 +148,11 @@ class SourceStage:
         self.warnings: list[str] = []  # what the run should tell at its end
         self.dead_letters = 0
         self.skipped_checkpoints = 0  # built against another baseline
+        # [labels]: the labels topics (set by the service) and what to ship of each batch.
+        self.label_topics: set[str] = set()
+        has_reference = any(b.performance is not None for b in baselines.values())
+        self.join_feed = JoinFeed(config, baselines) \
+            if config.labels is not None and has_reference else None
 
     # -- records -----------------------------------------------------------------------------
 
@@ -147,12 +170,29 @@ class SourceStage:
         source.dirty = True
         if source.final:  # already sealed for good (until_end): nothing more to fold
             return
-        source.builder.on_bad_record = source.dead.append
         values = [r.value if r.value is not None else b"" for r in records]
-        source.panes.extend(source.builder.add(
-            values, timestamps=[r.timestamp for r in records],
-            ids=[r.offset for r in records]))
+        timestamps = [r.timestamp for r in records]
+        if source.builder is None:
+            self._feed_labels(source, records, values, timestamps)
+        else:
+            source.builder.on_bad_record = source.dead.append
+            source.panes.extend(source.builder.add(
+                values, timestamps=timestamps, ids=[r.offset for r in records]))
+            if self.join_feed is not None:
+                source.join.append(self.join_feed.requests(values, timestamps))
         source.last_record = self.clock()
+
+    def _feed_labels(self, source: _Source, records: list[Any], values: list[bytes],
+                     timestamps: list[int]) -> None:
+        """A batch of a labels partition: the join's arrays, and dead letters for the
+        records that cannot be read (their position becomes their offset)."""
+        assert self.join_feed is not None
+        source.label_records += len(records)
+        arrays, bad = self.join_feed.labels(values, timestamps)
+        for record in bad:
+            source.dead.append(BadRecord(records[record.position].offset, record.reason,
+                                         record.detail, record.raw))
+        source.join.append(arrays)
 
     def follow_positions(self) -> None:
         """Take the consumer's fetch position as each source's position. It is past every
@@ -171,7 +211,8 @@ class SourceStage:
                 target = self.targets.get(source.tp)
                 if target is not None and source.position is not None \
                         and source.position >= target:
-                    source.panes.extend(source.builder.seal_all())
+                    if source.builder is not None:
+                        source.panes.extend(source.builder.seal_all())
                     source.final = source.dirty = True
 
     def _check_deleted(self, source: _Source, expected: int) -> None:
@@ -217,7 +258,8 @@ class SourceStage:
         chosen = [s for tp, s in self.sources.items() if only is None or tp in only]
         now = self.clock()
         due = [(s, self._heartbeat(s, now)) for s in chosen]
-        due = [(s, beat) for s, beat in due if s.dirty or s.panes or s.dead or beat != s.sent]
+        due = [(s, beat) for s, beat in due
+               if s.dirty or s.panes or s.dead or s.join or beat != s.sent]
         if not due:
             return False
         assert self.consumer is not None
@@ -237,31 +279,46 @@ class SourceStage:
                 for record in source.dead:
                     value, headers = dead_letter(record, source.tp, self.dead_letter_max_bytes)
                     producer.send(self.kafka.dlq_topic, key=None, value=value, headers=headers)
+                # The label join lives with the first panes partition's evaluator; before
+                # the heartbeat, so a final heartbeat follows everything the source sent.
+                for arrays in source.join:
+                    kind = "labels" if isinstance(arrays, LabelArrays) else "requests"
+                    for part in arrays.split(self.checkpoints.part_bytes):
+                        producer.send(self.kafka.panes_topic, partition=panes_partitions[0],
+                                      key=None, value=PaneMessage(
+                                          kind, source.name, self.group,
+                                          payload=part.encode()).encode())
                 # Every panes partition's evaluator needs every source's watermark.
                 beat = PaneMessage("watermark", source.name, self.group, watermark=watermark,
-                                   idle=idle, final=final).encode()
+                                   idle=idle, final=final, labels=source.labels).encode()
                 for partition in panes_partitions:
                     producer.send(self.kafka.panes_topic, partition=partition, key=None,
                                   value=beat)
                 self.checkpoint_bytes[source.name] = self.checkpoints.send(
                     producer, builder_key(self.group, source.tp.topic, source.tp.partition),
                     BuilderCheckpoint(source.position, source.final,
-                                      source.builder.state_bytes()).encode())
+                                      source.builder.state_bytes()
+                                      if source.builder is not None else b"").encode())
                 if source.position is not None:
                     offsets[source.tp] = OffsetAndMetadata(source.position, "", -1)
             if offsets:
                 send_offsets(producer, offsets, self.consumer.group_metadata(), TXN_TIMEOUT_S)
         for source, beat in due:
             # Counted once committed: work redone after a failure is not counted twice.
-            self.metrics.records(source.tp.topic,
-                                 source.builder.stats.records - source.committed.records)
-            source.committed = copy.deepcopy(source.builder.stats)
+            if source.builder is None:
+                self.metrics.records(source.tp.topic,
+                                     source.label_records - source.committed_labels)
+                source.committed_labels = source.label_records
+            else:
+                self.metrics.records(source.tp.topic,
+                                     source.builder.stats.records - source.committed.records)
+                source.committed = copy.deepcopy(source.builder.stats)
             for record in source.dead:
                 self.metrics.bad_record(source.tp.topic, record.reason)
             for sealed in source.panes:
                 self.metrics.model_records(sealed.model, sealed.pane.records)
             self.dead_letters += len(source.dead)
-            source.panes, source.dead = [], []
+            source.panes, source.dead, source.join = [], [], []
             source.dirty = False
             source.sent = beat
         return True
@@ -269,7 +326,7 @@ class SourceStage:
     def _heartbeat(self, source: _Source, now: float) -> tuple[int, bool, bool]:
         idle = (not self.until_end and now - source.last_record > self.idle_timeout_s
                 and self._caught_up(source))
-        return source.builder.watermark, idle, source.final
+        return source.watermark, idle, source.final
 
     def _caught_up(self, source: _Source) -> bool:
         assert self.consumer is not None
@@ -285,12 +342,12 @@ class SourceStage:
         assert self.consumer is not None
         for source in self.sources.values():
             tp = source.tp
-            late = source.builder.stats.late
+            late = source.builder.stats.late if source.builder is not None else 0
             if late > source.reported_late:
                 self.metrics.late(tp.topic, late - source.reported_late)
                 source.reported_late = late
-            if source.builder.watermark != NO_TIME:
-                self.metrics.watermark(tp.topic, tp.partition, source.builder.watermark)
+            if source.watermark != NO_TIME:
+                self.metrics.watermark(tp.topic, tp.partition, source.watermark)
             highwater = self.consumer.highwater(tp)
             if highwater is not None and source.position is not None:
                 self.metrics.lag(tp.topic, tp.partition, max(highwater - source.position, 0))
@@ -301,13 +358,15 @@ class SourceStage:
         """Take over partitions, each from its checkpoint (``saved``, by key) if any."""
         assert self.consumer is not None
         for tp in partitions:
-            builder = PaneBuilder(self.config, self.baselines)
+            labels = tp.topic in self.label_topics
+            builder = None if labels else PaneBuilder(self.config, self.baselines)
             source = _Source(tp, builder, final=False, now=self.clock())
             value = saved.get(builder_key(self.group, tp.topic, tp.partition))
             if value is not None:
                 checkpoint = BuilderCheckpoint.decode(value)
                 try:
-                    builder.restore(checkpoint.state)
+                    if builder is not None:
+                        builder.restore(checkpoint.state)
                 except BaselineMismatch as exc:
                     self.skipped_checkpoints += 1
                     log.warning("%s: checkpoint not restored (%s); its open panes are "
@@ -350,7 +409,7 @@ class SourceStage:
     @property
     def done(self) -> bool:
         """until_end: every owned partition sealed and committed."""
-        return all(s.final and not (s.dirty or s.panes or s.dead)
+        return all(s.final and not (s.dirty or s.panes or s.dead or s.join)
                    for s in self.sources.values())
 
     def release(self) -> BuilderStats:

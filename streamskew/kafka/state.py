@@ -18,7 +18,10 @@ one checkpoint per key.
 **Panes-topic records** hand sealed panes and watermarks from the source stage to the
 evaluator stage: a JSON header line (kind ``pane`` or ``watermark``, the source partition,
 the deployment's group and, for panes, the model, pane index and baseline id), then the
-pane's bytes for kind ``pane``.
+pane's bytes for kind ``pane``. With ``[labels]``, kinds ``requests`` and ``labels`` carry
+what the label join needs of one polled batch of a source partition, as compact arrays
+(:mod:`streamskew.performance.shipping`), and heartbeats of labels partitions say so
+(``"labels": true``).
 """
 
 from __future__ import annotations
@@ -76,25 +79,32 @@ class BuilderCheckpoint:
 
 @dataclass(frozen=True)
 class EvaluatorCheckpoint:
-    """The evaluator stage's state: its coordinator's snapshot and its panes position."""
+    """The evaluator stage's state: its coordinator's snapshot, with ``[labels]`` the label
+    join's and performance windows' snapshot, and its panes position."""
 
     position: int
     state: bytes  # SourceCoordinator.snapshot()
+    performance: bytes = b""  # PerformanceMonitor.snapshot() (with [labels])
 
     def encode(self) -> bytes:
-        return orjson.dumps({"position": self.position}) + b"\n" + self.state
+        header: dict[str, Any] = {"position": self.position}
+        if self.performance:
+            header["performance"] = len(self.performance)
+        return orjson.dumps(header) + b"\n" + self.performance + self.state
 
     @classmethod
     def decode(cls, value: bytes) -> EvaluatorCheckpoint:
-        header, state = _split(value)
-        return cls(header["position"], state)
+        header, body = _split(value)
+        size = header.get("performance", 0)
+        return cls(header["position"], body[size:], body[:size])
 
 
 @dataclass(frozen=True)
 class PaneMessage:
-    """One panes-topic record: a sealed pane, or a source's watermark heartbeat."""
+    """One panes-topic record: a sealed pane, a source's watermark heartbeat, or (with
+    ``[labels]``) what the label join needs of a batch of requests or labels."""
 
-    kind: str  # "pane" or "watermark"
+    kind: str  # "pane", "watermark", "requests" or "labels"
     source: str  # "topic/partition"
     group: str  # the deployment that wrote it
     model: str = ""
@@ -103,15 +113,18 @@ class PaneMessage:
     watermark: int = 0
     idle: bool = False
     final: bool = False
-    payload: bytes = b""  # the pane's bytes
+    labels: bool = False  # a heartbeat of a labels partition
+    payload: bytes = b""  # the pane's bytes; RequestArrays / LabelArrays bytes
 
     def encode(self) -> bytes:
         header: dict[str, Any] = {"kind": self.kind, "source": self.source,
                                   "group": self.group}
         if self.kind == "pane":
             header.update(model=self.model, index=self.index, baseline=self.baseline)
-        else:
+        elif self.kind == "watermark":
             header.update(watermark=self.watermark, idle=self.idle, final=self.final)
+            if self.labels:
+                header["labels"] = True
         return orjson.dumps(header) + b"\n" + self.payload
 
     @classmethod
@@ -123,7 +136,8 @@ class PaneMessage:
                        group=header.get("group", ""), model=header.get("model", ""),
                        index=header.get("index", 0), baseline=header.get("baseline", ""),
                        watermark=header.get("watermark", 0), idle=header.get("idle", False),
-                       final=header.get("final", False), payload=payload)
+                       final=header.get("final", False),
+                       labels=header.get("labels", False), payload=payload)
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a streamskew panes record ({exc!r})") from None
 

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kafka import KafkaAdminClient
 from kafka.errors import TopicAlreadyExistsError
 
-from ..config import KafkaConfig
+from ..config import KafkaConfig, LabelsConfig
 
-__all__ = ["RetentionWatch", "TopicSpec", "ensure_topics", "internal_topics", "retention_ms",
-           "source_topics", "topic_regex"]
+__all__ = ["RetentionWatch", "TopicSpec", "ensure_topics", "internal_topics", "label_topics",
+           "retention_ms", "source_topics", "topic_regex"]
 
 ALERTS_BYTES = 1024**3  # per partition
 DAY_MS = 86_400_000
@@ -72,6 +72,19 @@ def source_topics(kafka: KafkaConfig, available: Iterable[str]) -> list[str]:
         pattern = re.compile(topic_regex(kafka))
         return sorted(t for t in names if pattern.match(t))
     return [t for t in kafka.topics if t in names]
+
+
+def label_topics(kafka: KafkaConfig, labels: LabelsConfig | None,
+                 available: Iterable[str]) -> list[str]:
+    """The ``[labels] topic`` / ``topic_pattern`` topics that exist (never one of this
+    service's own topics)."""
+    if labels is None:
+        return []
+    names = set(available)
+    if labels.topic_pattern:
+        pattern = re.compile(topic_regex(replace(kafka, topic_pattern=labels.topic_pattern)))
+        return sorted(t for t in names if pattern.match(t))
+    return [labels.topic] if labels.topic in names else []
 
 
 def topic_regex(kafka: KafkaConfig) -> str:

@@ -149,6 +149,8 @@ def _add(total: ServiceStats, part: ServiceStats) -> None:
         for key, count in theirs.items():
             mine[key] = mine.get(key, 0) + count
     total.warnings.extend(w for w in part.warnings if w not in total.warnings)
+    if part.labels is not None:  # the one worker that ran the label join at the end
+        total.labels = part.labels
 
 
 def _worker_main(index: int, job: _Job, halt: Any, messages: Any) -> None:

@@ -74,7 +74,7 @@ from .table import (
     insert_slot,
 )
 
-__all__ = ["JoinCounts", "LabelJoin", "SealedPerformance"]
+__all__ = ["JoinCounts", "LabelJoin", "SealedPerformance", "prediction_values", "reference_for"]
 
 NONE_YET = -(2**62)  # "no pane yet" for the progress marks
 REQUESTS, LABELS = "requests", "labels"
@@ -314,6 +314,34 @@ class LabelJoin:
                            models: Sequence[str | None], predictions: Sequence[Any],
                            source: str = "input") -> None:
         """The same, already picked out of the messages (one entry per request)."""
+        def pick(rows: np.ndarray, reference: ReferencePerformance
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            values = _predictions([predictions[i] for i in rows], reference)
+            row_ids = [ids[i] for i in rows]
+            has_id = np.fromiter((i is not None for i in row_ids), bool, count=len(rows))
+            keys = np.zeros(len(rows), np.uint64)
+            if has_id.any():
+                keys[has_id] = id_keys([i for i in row_ids if i is not None])
+            return values, has_id, keys
+
+        self._requests(times, [m if m is not None else DEFAULT_MODEL for m in models], pick,
+                       source)
+
+    def add_request_keys(self, times: np.ndarray, models: Sequence[str], values: np.ndarray,
+                         has_id: np.ndarray, keys: np.ndarray, source: str = "input") -> None:
+        """Requests already reduced to what the join needs (what a Kafka source stage ships:
+        :mod:`.shipping`): event times, model names, predictions as numbers (NaN where
+        unusable, as :func:`prediction_values` makes them), whether each has an id, and
+        its 64-bit join key (:func:`~.readers.id_keys`; any key at or above the sampling
+        bound for a request not sampled). Decides exactly as :meth:`add_request_arrays`."""
+        values = np.asarray(values, np.float64)
+        has_id = np.asarray(has_id, bool)
+        keys = np.asarray(keys, np.uint64)
+        self._requests(times, models, lambda rows, _: (values[rows], has_id[rows], keys[rows]),
+                       source)
+
+    def _requests(self, times: np.ndarray, names: Sequence[str], pick: Any,
+                  source: str) -> None:
         clock = self._clock(self.request_clocks, self.request_marks, source, self.pane_ms)
         times = np.asarray(times, np.int64)
         if not len(times):
@@ -330,31 +358,25 @@ class LabelJoin:
         else:
             on_time = np.ones(len(times), bool)
             panes = np.full(len(times), WHOLE_INPUT)
-        names = [m if m is not None else DEFAULT_MODEL for m in models]
-        for model in sorted(set(names)):
+        distinct = set(names)
+        for model in sorted(distinct):
             rows = np.flatnonzero(on_time & (np.array(names, dtype=object) == model)) \
-                if len(set(names)) > 1 else np.flatnonzero(on_time)
+                if len(distinct) > 1 else np.flatnonzero(on_time)
             if len(rows):
-                self._model_requests(model, rows, ids, times, panes, predictions)
+                self._model_requests(model, rows, times, panes, pick)
         return self._progress()
 
-    def _model_requests(self, model: str, rows: np.ndarray, ids: Sequence[str | None],
-                        times: np.ndarray, panes: np.ndarray, predictions: Sequence[Any]
-                        ) -> None:
+    def _model_requests(self, model: str, rows: np.ndarray, times: np.ndarray,
+                        panes: np.ndarray, pick: Any) -> None:
         reference = self._reference(model)
         if reference is None:
             self.counts.no_reference += len(rows)
             return
         self.counts.requests += len(rows)
-        values = _predictions([predictions[i] for i in rows], reference)
+        values, has_id, keys = pick(rows, reference)
         valid = np.isfinite(values)
         self.counts.invalid_predictions += int((~valid).sum())
-        row_ids = [ids[i] for i in rows]
-        has_id = np.fromiter((i is not None for i in row_ids), bool, count=len(rows))
         self.counts.requests_without_id += int((valid & ~has_id).sum())
-        keys = np.zeros(len(rows), np.uint64)
-        if has_id.any():
-            keys[has_id] = id_keys([i for i in row_ids if i is not None])
         sampled = valid & has_id & (keys < np.uint64(self.sample_bound))
         layout = reference.layout() if reference.is_classifier else None
         bins = layout.bin_of(values) if layout is not None else np.zeros(len(rows), np.int64)
@@ -409,14 +431,37 @@ class LabelJoin:
         self.counts.labels += len(ids)
         self._labels(ids, np.asarray(times, np.int64), labels, source)
 
+    def add_label_keys(self, keys: np.ndarray, times: np.ndarray, values: np.ndarray,
+                       source: str = "labels", bad: Mapping[str, int] | None = None) -> None:
+        """Labels already reduced to what the join needs (what a Kafka source stage ships:
+        :mod:`.shipping`): join keys (any key at or above the sampling bound for a label
+        not sampled), label times, and labels as numbers (:meth:`label_value`). ``bad``
+        counts the records of the same batch that could not be read, by reason. Decides
+        exactly as :meth:`add_labels` on the records."""
+        values = np.asarray(values, np.float64)
+        self.counts.labels += len(keys) + sum((bad or {}).values())
+        for reason, count in sorted((bad or {}).items()):
+            self.counts.bad(reason, count)
+        self._label_keys(np.asarray(keys, np.uint64), np.asarray(times, np.int64),
+                         lambda rows: values[rows], source)
+
+    def label_value(self, raw: Any) -> float:
+        """A raw label as the join stores it (a classifier's classes as 1.0 / 0.0)."""
+        return float(self._encode(raw))
+
     def _labels(self, ids: Sequence[str], times: np.ndarray, raw: Sequence[Any],
                 source: str) -> None:
+        keys = id_keys(list(ids)) if len(ids) else np.zeros(0, np.uint64)
+        self._label_keys(keys, np.asarray(times, np.int64),
+                         lambda rows: np.array([self._encode(raw[i]) for i in rows],
+                                               np.float64), source)
+
+    def _label_keys(self, keys: np.ndarray, times: np.ndarray, encode: Any,
+                    source: str) -> None:
         clock = self._clock(self.label_clocks, self.label_marks, source, 1)
-        if not len(ids):
+        if not len(keys):
             return self._progress()
-        keys = id_keys(list(ids))
-        times = np.asarray(times, np.int64)
-        watermarks = np.full(len(ids), NO_TIME, np.int64)
+        watermarks = np.full(len(keys), NO_TIME, np.int64)
         timed = np.flatnonzero(times != NO_TIME)
         if len(timed):
             step = clock.observe(times[timed])
@@ -427,7 +472,7 @@ class LabelJoin:
         rows = np.flatnonzero(keep)
         if not len(rows):
             return self._progress()
-        values = np.array([self._encode(raw[i]) for i in rows], np.float64)
+        values = encode(rows)
         self.orphans.ensure(len(rows))
         codes = np.empty(len(rows), np.int64)
         slots = np.empty(len(rows), np.int64)
@@ -497,6 +542,18 @@ class LabelJoin:
         marks = self.label_marks if labels else self.request_marks
         marks.setdefault(source, _Mark()).idle = idle
         self._progress()
+
+    def set_final(self, source: str, labels: bool = False) -> None:
+        """A source that will send nothing more (a Kafka partition read to its end)."""
+        marks = self.label_marks if labels else self.request_marks
+        marks.setdefault(source, _Mark()).final = True
+        self._progress()
+
+    @property
+    def all_final(self) -> bool:
+        """Every source known to the join has said it is final (:meth:`set_final`)."""
+        marks = (*self.request_marks.values(), *self.label_marks.values())
+        return bool(marks) and all(m.final for m in marks)
 
     def finish(self) -> None:
         """End of input: every request is in, every label that will come has come."""
@@ -613,12 +670,7 @@ class LabelJoin:
         return table.keys, table.times, table.values, table.models, table.states
 
     def _reference(self, model: str) -> ReferencePerformance | None:
-        reference = self.references.get(model)
-        if reference is None:
-            reference = self.references.get(DEFAULT_MODEL)
-        if reference is None and len(self.references) == 1:
-            reference = next(iter(self.references.values()))
-        return reference
+        return reference_for(self.references, model)
 
     def _model_index(self, model: str) -> int:
         try:
@@ -702,6 +754,24 @@ class LabelJoin:
         self.counts = JoinCounts(**{**counts, "bad_labels": dict(counts["bad_labels"])})
         self.sealed = [SealedPerformance(stage, m, i, PerformancePane.from_bytes(
             base64.b64decode(p))) for stage, m, i, p in raw["sealed"]]
+
+
+def reference_for(references: Mapping[str, ReferencePerformance], model: str
+                  ) -> ReferencePerformance | None:
+    """The reference performance that judges ``model`` (its own, else ``default``, else
+    the only one), None when there is none."""
+    reference = references.get(model)
+    if reference is None:
+        reference = references.get(DEFAULT_MODEL)
+    if reference is None and len(references) == 1:
+        reference = next(iter(references.values()))
+    return reference
+
+
+def prediction_values(values: list[Any], reference: ReferencePerformance) -> np.ndarray:
+    """Predictions as the join uses them: scores in [0, 1] (or the class, for hard
+    predictions) / numbers for regressors; NaN where unusable."""
+    return _predictions(values, reference)
 
 
 def _predictions(values: list[Any], reference: ReferencePerformance) -> np.ndarray:

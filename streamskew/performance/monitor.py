@@ -32,7 +32,7 @@ README, "Performance skew").
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -44,6 +44,9 @@ from ..errors import StreamskewError
 from ..records import BadRecord
 from .join import JoinCounts, LabelJoin
 from .windows import PerformanceWindow, PerformanceWindows
+
+if TYPE_CHECKING:
+    from .shipping import LabelArrays, RequestArrays
 
 __all__ = ["LOCAL_SHARD", "PerformanceMonitor", "references_of"]
 
@@ -94,6 +97,29 @@ class PerformanceMonitor:
                 self.on_bad_label(BadRecord(position, record.reason, record.detail,
                                             record.raw))
         self.label_ids += len(records)
+        return self._drain()
+
+    def add_request_keys(self, arrays: RequestArrays, source: str) -> list[SkewEvent]:
+        """Requests as a Kafka source stage ships them (:mod:`.shipping`)."""
+        self.join.add_request_keys(arrays.times, arrays.names, arrays.values, arrays.has_id,
+                                   arrays.keys, source)
+        return self._drain()
+
+    def add_label_keys(self, arrays: LabelArrays, source: str) -> list[SkewEvent]:
+        """Labels as a Kafka source stage ships them (:mod:`.shipping`)."""
+        self.join.add_label_keys(arrays.keys, arrays.times, arrays.values, source, arrays.bad)
+        return self._drain()
+
+    def source_state(self, source: str, idle: bool, final: bool, labels: bool
+                     ) -> list[SkewEvent]:
+        """A source's heartbeat: idle (stops holding its clock back) or final; once every
+        source is final, the input has ended (:meth:`finish`)."""
+        if final:
+            self.join.set_final(source, labels)
+        else:
+            self.join.set_idle(source, idle, labels)
+        if self.join.all_final and not self.join.finished:
+            return self.finish()
         return self._drain()
 
     def advance_requests(self, source: str, watermark: int) -> list[SkewEvent]:
