@@ -623,6 +623,8 @@ def run(config_path: str, baseline_path: str | None, bootstrap_servers: str | No
                f"field_errors={sum(b.field_errors.values())} late={b.late} "
                f"dead_letters={stats.dead_letters} windows={stats.windows} "
                f"events={len(stats.events)}", err=True)
+    if stats.labels is not None:  # [labels]: the join's counts
+        click.echo(stats.labels.summary(), err=True)
     if stats.kafka_errors:
         waited = ", ".join(f"{name} x{count}" for name, count in sorted(stats.kafka_errors.items()))
         click.echo(f"Kafka failures waited out: {waited}", err=True)

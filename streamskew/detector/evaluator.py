@@ -304,7 +304,12 @@ class Evaluator:
         window = state.window
         aggregate = window.aggregate
         finer = window.covered()
-        results = list(state.judge.judge(aggregate, finer))
+        # Under min_count no check can be judged (finer scales hold fewer records still):
+        # skip the checks' work. Many small models (or a quiet hour) make this common.
+        if aggregate.records < state.judge.detect.min_count:
+            results: list[CheckResult] = []
+        else:
+            results = list(state.judge.judge(aggregate, finer))
         joint = [r for r in results if r.check == JOINT_CHECK]
         events: list[SkewEvent] = []
         for result in [r for r in results if r.check != JOINT_CHECK]:
