@@ -120,6 +120,7 @@ class Evaluator:
         self.on_window = on_window
         self.pane_ms = config.window.pane_ms
         self.models: dict[str, _ModelState] = {}
+        self._encoded: dict[str, dict[int, tuple[Pane, str]]] = {}  # see _encoded_window
         self.closed_through: int | None = None  # highest pane index closed
         self.windows = 0
         self.events = 0
@@ -452,8 +453,24 @@ class Evaluator:
 
     # -- checkpoints -------------------------------------------------------------------------
 
+    def _encoded_window(self, state: _ModelState) -> list[str]:
+        """The window's panes as checkpoint text. A pane in a window never changes again,
+        so each is encoded once and kept (with the pane, so its id is not reused) while it
+        is in the window: a checkpoint then costs the new panes, not every pane again."""
+        cache = self._encoded.get(state.model, {})
+        fresh: dict[int, tuple[Pane, str]] = {}
+        for pane in state.window.panes:
+            known = cache.get(id(pane))
+            if known is None or known[0] is not pane:
+                known = (pane, b64encode(pane.to_bytes()).decode())
+            fresh[id(pane)] = known
+        self._encoded[state.model] = fresh
+        return [text for _, text in fresh.values()]
+
     def state_bytes(self) -> bytes:
         """Everything needed to continue elsewhere: windows, pending panes, hysteresis."""
+        for gone in set(self._encoded) - set(self.models):
+            del self._encoded[gone]
         return orjson.dumps({
             "closed_through": self.closed_through,
             "version_shift": [[*pair, *key, h.active, h.streak]
@@ -461,7 +478,7 @@ class Evaluator:
                               for key, h in states.items()],
             "models": {
                 model: {
-                    "window": [b64encode(p.to_bytes()).decode() for p in s.window.panes],
+                    "window": self._encoded_window(s),
                     "pending": {str(i): b64encode(p.to_bytes()).decode()
                                 for i, p in s.pending.items()},
                     "hysteresis": [[*key, h.active, h.streak]

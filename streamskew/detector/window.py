@@ -145,21 +145,33 @@ class SlidingWindow:
         self.recent = {k: Pane.empty(index, self.baseline) for k in self.recent}
 
     def push(self, pane: Pane) -> None:
-        """Slide to ``pane`` (the next pane in order; empty panes included)."""
+        """Slide to ``pane`` (the next pane in order; empty panes included).
+
+        Empty panes (no records: every count zero) are neither merged nor subtracted, and
+        an aggregate that no non-empty pane entered or left keeps its moments: with many
+        small models most panes are empty, and this is then most of the evaluator's work."""
         self.panes.append(pane)
-        self.aggregate.merge(pane)
+        if pane.records:
+            self.aggregate.merge(pane)
         for k, recent in self.recent.items():
-            recent.merge(pane)
-            if len(self.panes) > k:
+            changed = bool(pane.records)
+            if changed:
+                recent.merge(pane)
+            if len(self.panes) > k and self.panes[-k - 1].records:
                 recent.subtract(self.panes[-k - 1])
+                changed = True
             recent.index = pane.index
+            if changed:
+                self._refresh_non_subtractable(recent, list(self.panes)[-k:])
+        changed = bool(pane.records)
         if len(self.panes) > self.size:
             expired = self.panes.popleft()
-            self.aggregate.subtract(expired)
+            if expired.records:
+                self.aggregate.subtract(expired)
+                changed = True
         self.aggregate.index = pane.index
-        self._refresh_non_subtractable(self.aggregate, list(self.panes))
-        for k, recent in self.recent.items():
-            self._refresh_non_subtractable(recent, list(self.panes)[-k:])
+        if changed:
+            self._refresh_non_subtractable(self.aggregate, list(self.panes))
 
     def scale(self, k: int) -> Pane:
         """The aggregate of the newest ``k`` panes (``k`` in :attr:`scales`)."""
