@@ -56,6 +56,7 @@ class EvaluatorStages:
         self.consumer: KafkaConsumer | None = None  # set by the service once connected
         self.windows_released = 0  # judged by stages since released
         self.skipped_released: dict[str, int] = {}
+        self.released_checkpoint_bytes = 0
 
     @property
     def owner(self) -> bool:
@@ -89,7 +90,10 @@ class EvaluatorStages:
 
     @property
     def checkpoint_bytes(self) -> int:
-        return sum(stage.checkpoint_bytes for stage in self.stages.values())
+        """Stored size of the last checkpoints (kept once the stages are released)."""
+        if self.stages:
+            return sum(stage.checkpoint_bytes for stage in self.stages.values())
+        return self.released_checkpoint_bytes
 
     def on_records(self, tp: TP, records: Iterable[Any]) -> None:
         stage = self.stages.get(tp.partition)
@@ -123,6 +127,8 @@ class EvaluatorStages:
         self._forget()
 
     def _forget(self) -> None:
+        if self.stages:
+            self.released_checkpoint_bytes = sum(s.checkpoint_bytes for s in self.stages.values())
         for stage in self.stages.values():
             self.windows_released += stage.windows
             for reason, count in stage.skipped.items():
