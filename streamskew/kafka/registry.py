@@ -35,7 +35,6 @@ import logging
 import secrets
 import time
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -215,15 +214,12 @@ class BaselineRegistry:
 
     def entries(self, timeout_s: float = 30.0) -> dict[tuple[str, str], RegistryEntry]:
         """Everything registered now, by ``(model, version)``."""
-        assembler = _Assembler(self.topic)
-        found: dict[tuple[str, str], RegistryEntry] = {}
-        for key, value in _read_to_end(self.kafka, self.bootstrap, self.topic, timeout_s):
-            outcome = assembler.fold(key, value)
-            if isinstance(outcome, RegistryEntry):
-                found[(outcome.model, outcome.version)] = outcome
-            elif isinstance(outcome, tuple):
-                found.pop(outcome, None)
-        return found
+        follower = RegistryFollower(self.kafka, self.bootstrap)
+        try:
+            follower.start(timeout_s)
+            return dict(follower.entries)
+        finally:
+            follower.close()
 
     def publish(self, baseline: Baseline, model: str, version: str = "",
                 from_time: int | None = None) -> RegistryEntry:
@@ -305,8 +301,15 @@ class RegistryFollower:
     def start(self, timeout_s: float = 30.0) -> list[RegistryEntry]:
         """Read the whole registry (the entries in force now). The service creates the
         topic first, so replicas started before the first publish still follow it."""
-        self.consumer = _assigned(self.kafka, self.bootstrap, self.topic)
+        self.consumer = KafkaConsumer(**consumer_settings(
+            self.kafka, self.bootstrap, group_id=None,
+            max_partition_fetch_bytes=4 * 1024 * 1024))
+        if not self.consumer.partitions_for_topic(self.topic):
+            self.close()  # nothing published yet (and no service created the topic)
+            return []
         tp = TopicPartition(self.topic, 0)
+        self.consumer.assign([tp])
+        self.consumer.seek_to_beginning(tp)
         end = self.consumer.end_offsets([tp])[tp]
         deadline = time.monotonic() + timeout_s
         while self.consumer.position(tp) < end:
@@ -338,34 +341,3 @@ class RegistryFollower:
         if self.consumer is not None:
             self.consumer.close()
             self.consumer = None
-
-
-def _assigned(kafka: KafkaConfig, bootstrap: str | None, topic: str) -> KafkaConsumer:
-    consumer = KafkaConsumer(**consumer_settings(kafka, bootstrap, group_id=None,
-                                                 max_partition_fetch_bytes=4 * 1024 * 1024))
-    tp = TopicPartition(topic, 0)
-    consumer.assign([tp])
-    consumer.seek_to_beginning(tp)
-    return consumer
-
-
-def _read_to_end(kafka: KafkaConfig, bootstrap: str | None, topic: str, timeout_s: float
-                 ) -> Iterator[tuple[bytes | None, bytes | None]]:
-    consumer = KafkaConsumer(**consumer_settings(kafka, bootstrap, group_id=None))
-    try:
-        if not consumer.partitions_for_topic(topic):
-            return
-        tp = TopicPartition(topic, 0)
-        consumer.assign([tp])
-        consumer.seek_to_beginning(tp)
-        end = consumer.end_offsets([tp])[tp]
-        deadline = time.monotonic() + timeout_s
-        while consumer.position(tp) < end:
-            if time.monotonic() > deadline:
-                raise RegistryError(f"reading the baseline registry {topic} took over "
-                                    f"{timeout_s:.0f}s; is the broker overloaded?")
-            for records in consumer.poll(timeout_ms=200).values():
-                for record in records:
-                    yield record.key, record.value
-    finally:
-        consumer.close()

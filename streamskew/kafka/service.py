@@ -159,15 +159,14 @@ class DetectorService:
         admin = (connect_admin(self.kafka, self.bootstrap, "run") if first
                  else KafkaAdminClient(**admin_settings(self.kafka, self.bootstrap)))
         try:
-            created = ensure_topics(admin, internal_topics(self.kafka))
+            registry = [registry_topic(self.kafka)] if self.registry is not None else []
+            created = ensure_topics(admin, internal_topics(self.kafka) + registry)
             if created:
                 log.info("created topics %s", ", ".join(created))
             available = admin.list_topics()
             self.label_topics = self._label_topics(available)
             self.topics = [t for t in source_topics(self.kafka, available)
                            if t not in self.label_topics]
-            if self.registry is not None:
-                ensure_topics(admin, [registry_topic(self.kafka)])
             self.source_stage.retention = RetentionWatch(
                 retention_ms(admin, self.topics + self.label_topics))
         finally:
