@@ -119,6 +119,7 @@ class Columns:
     numeric: dict[str, np.ndarray] = field(default_factory=dict)
     categorical: dict[str, np.ndarray] = field(default_factory=dict)
     invalid: dict[str, np.ndarray] = field(default_factory=dict)  # bool mask per feature
+    # (only for features with an invalid value in the batch)
     new_features: dict[str, np.ndarray] = field(default_factory=dict)  # rows carrying a key
     # that the schema does not know (for the schema check), as a bool mask per key
 
@@ -137,10 +138,16 @@ class Columns:
             numeric={k: np.concatenate([p.numeric[k] for p in parts]) for k in first.numeric},
             categorical={k: np.concatenate([p.categorical[k] for p in parts])
                          for k in first.categorical},
-            invalid={k: np.concatenate([p.invalid[k] for p in parts]) for k in first.invalid},
+            invalid={k: np.concatenate([p.invalid.get(k, np.zeros(p.count, bool)) for p in parts])
+                     for k in sorted(set().union(*(p.invalid for p in parts)))},
             new_features={k: np.concatenate([p.new_features.get(k, np.zeros(p.count, bool))
                                              for p in parts]) for k in new_keys},
         )
+
+    def invalid_of(self, name: str) -> np.ndarray:
+        """Feature ``name``'s invalid mask (all False when no record had an invalid value)."""
+        mask = self.invalid.get(name)
+        return mask if mask is not None else np.zeros(self.count, dtype=bool)
 
     def take(self, rows: np.ndarray) -> Columns:
         """The subset of rows ``rows`` (e.g. the records of one model or one pane)."""
@@ -349,8 +356,8 @@ class Decoder:
             else:
                 column, invalid = _categorical_column(values)
                 columns.categorical[name] = column
-            columns.invalid[name] = invalid
-            if invalid.any():
+            if invalid.any():  # (no mask when none is: most batches, most features)
+                columns.invalid[name] = invalid
                 self._report_invalid(name, kind, values, invalid, columns.positions, raws, bad)
         self._count_new_features(feature_maps, columns)
         bad.sort(key=lambda b: (b.used, b.position))

@@ -63,7 +63,7 @@ def test_each_bad_message_is_classified_and_its_neighbours_survive(raw, reason, 
     amounts = columns.numeric["amount"]
     assert amounts[0] == 10.0 and amounts[-1] == 12.0  # the good records are intact
     if used:  # the rest of the message is still used; the bad field counts as invalid
-        assert columns.invalid[next(iter(k for k in SCHEMA if columns.invalid[k][1]))][1]
+        assert columns.invalid_of(next(iter(k for k in SCHEMA if columns.invalid_of(k)[1])))[1]
 
 
 def test_whole_corpus_in_one_batch_loses_nothing():
@@ -95,7 +95,8 @@ def test_a_batch_spanning_several_parse_chunks_equals_its_messages_one_by_one():
     assert columns.positions.tolist() == kept
     np.testing.assert_array_equal(columns.numeric["amount"],  # NaN where invalid, as alone
                                   [alone[i].numeric["amount"][0] for i in kept])
-    assert columns.invalid["amount"].tolist() == [alone[i].invalid["amount"][0] for i in kept]
+    assert columns.invalid_of("amount").tolist() == [alone[i].invalid_of("amount")[0]
+                                                     for i in kept]
     assert columns.timestamps.tolist() == [alone[i].timestamps[0] for i in kept]
     assert np.flatnonzero(columns.new_features["late_key"]).tolist() == [
         kept.index(PARSE_CHUNK + 5)]
@@ -120,7 +121,7 @@ def test_columns_values_missing_and_types():
     assert columns.models.tolist() == ["a", None, None]
     assert {k: v.tolist() for k, v in columns.new_features.items()} == {
         "extra": [False, False, True]}
-    assert not any(columns.invalid[k].any() for k in SCHEMA)
+    assert not any(columns.invalid_of(k).any() for k in SCHEMA) and not columns.invalid
 
 
 def test_flat_messages_use_top_level_keys_minus_envelope_and_exclude():

@@ -94,11 +94,18 @@ class JointBaseline(NumericBaseline):
         """Score times basis per input, bin slot and residual direction (the kernel's)."""
         return projection_table(self.scores, self.basis)
 
-    def fold(self, summary: JointSummary, slots: np.ndarray) -> None:
-        """Add the records whose inputs' bin slots are ``slots[j, i]`` (-1: missing)."""
+    def fold(self, summary: JointSummary, slots: np.ndarray, step: int = 1,
+             moments: np.ndarray | None = None) -> None:
+        """Add the records whose inputs' bin slots are ``slots[j, i]`` (-1: missing);
+        ``step`` and ``moments`` as for :meth:`NumericSummary.update`."""
         errors = np.empty(slots.shape[1])
-        joint_errors(slots, self.table, errors, summary.energy)
-        summary.update(errors)
+        if step > 0:
+            joint_errors(slots, self.table, errors, summary.energy)
+        else:
+            energy = np.zeros_like(summary.energy)
+            joint_errors(slots, self.table, errors, energy)
+            summary.energy -= energy
+        summary.update(errors, step=step, moments=moments)
 
     def contributions(self, summary: JointSummary, top: int = 3) -> list[dict[str, Any]]:
         """The inputs that carry the window's excess residual energy, largest first: each

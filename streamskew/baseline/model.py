@@ -206,6 +206,16 @@ class Baseline:
         return {name: feature.kind for name, feature in self.features.items()}
 
     @cached_property
+    def numeric_names(self) -> tuple[str, ...]:
+        """The numeric features, in feature order."""
+        return tuple(n for n, f in self.features.items() if not isinstance(f, CategoricalBaseline))
+
+    @cached_property
+    def categorical_names(self) -> tuple[str, ...]:
+        """The categorical features, in feature order."""
+        return tuple(n for n, f in self.features.items() if isinstance(f, CategoricalBaseline))
+
+    @cached_property
     def monitored(self) -> Mapping[str, FeatureBaseline]:
         """What panes summarize and checks judge: the features, then the joint check's
         pseudo-feature ``(joint)`` when the baseline has a joint model."""

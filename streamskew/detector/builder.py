@@ -17,25 +17,24 @@ from __future__ import annotations
 
 from base64 import b64decode, b64encode
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
 import orjson
 
-from ..baseline import Baseline, CategoricalBaseline
+from ..baseline import Baseline
 from ..config import Config
 from ..records import NO_TIME, BadRecord, Columns, Decoder, Reason
-from ..sketch.joint import slots_buffer
 from .clock import NEVER, ClockStep, SourceClock
 from .models import DEFAULT_MODEL, LATEST, ModelBaselines
-from .window import Pane
+from .pane import BatchValues, EncodedPanes, Pane, fold, fold_rows
 
-__all__ = ["DEFAULT_MODEL", "WHOLE_INPUT", "BuilderStats", "PaneBuilder", "SealedPane"]
+__all__ = ["DEFAULT_MODEL", "WHOLE_INPUT", "BuilderStats", "PaneBuilder", "SealedPane", "fold"]
 WHOLE_INPUT = -1  # the single pane used without event times
-MAX_NEW_FEATURES = 64  # unknown keys counted per pane (the most frequent ones)
 
 
 @dataclass(frozen=True)
@@ -170,6 +169,7 @@ class PaneBuilder:
                                  window.watermark_memory)
         self.stats = BuilderStats()
         self.open: dict[tuple[str, int], Pane] = {}
+        self._encoded = EncodedPanes()  # the open panes' checkpoint text (state_bytes)
         self.held = _Held()
         self.event_time: bool | None = None  # decided by the first accepted records
         self.next_id = 0  # ids of records given without ids: their running count
@@ -396,20 +396,26 @@ class PaneBuilder:
         if not columns.count:
             return
         self.stats.accepted += columns.count
-        for model, rows in _by_model(columns):
-            part = columns if rows is None else columns.take(rows)
-            pane_ids = panes if rows is None else panes[rows]
-            for index in np.unique(pane_ids):
-                in_pane = np.flatnonzero(pane_ids == index)
-                subset = part if len(in_pane) == part.count else part.take(in_pane)
-                key = (model, int(index))
-                pane = self.open.get(key)
-                # The baseline in force at this pane (a baseline set later applies to
-                # panes from its own start on: an open pane keeps its bins).
-                baseline = baseline_for(self.baselines, model, int(index))
-                if pane is None:
-                    pane = self.open[key] = Pane.empty(int(index), baseline)
-                fold(pane, subset, baseline)
+        # One sort by (model, pane), stable (records keep their order within a pane), and
+        # one take: each pane's records are then a slice. With many models a batch holds
+        # hundreds of small panes, and a take per pane would cost more than folding it.
+        names, codes = _model_codes(columns)
+        order = np.lexsort((panes, codes))
+        if not np.array_equal(order, np.arange(len(order))):
+            columns, panes, codes = columns.take(order), panes[order], codes[order]
+        cut = (np.diff(panes) != 0) | (np.diff(codes) != 0)
+        bounds = [0, *(np.flatnonzero(cut) + 1).tolist(), columns.count]
+        batch = BatchValues(columns)
+        for start, stop in pairwise(bounds):
+            model, index = names[int(codes[start])], int(panes[start])
+            key = (model, index)
+            pane = self.open.get(key)
+            # The baseline in force at this pane (a baseline set later applies to
+            # panes from its own start on: an open pane keeps its bins).
+            baseline = baseline_for(self.baselines, model, index)
+            if pane is None:
+                pane = self.open[key] = Pane.sparse(index, baseline)
+            fold_rows(pane, batch, baseline, start, stop)
 
     # -- sealing -----------------------------------------------------------------------------
 
@@ -456,8 +462,8 @@ class PaneBuilder:
         return orjson.dumps({
             "event_time": self.event_time, "clock": self.clock.snapshot(),
             "next_id": self.next_id,
-            "open": [[model, index, b64encode(pane.to_bytes()).decode()]
-                     for (model, index), pane in self.open.items()],
+            "open": [[model, index, text] for (model, index), text in
+                     zip(self.open, self._encoded.texts(self.open.values()), strict=True)],
             "held": [[int(held.arrivals[i]), int(held.ids[i]), int(held.fallbacks[i]),
                       b64encode(held.raws[i]).decode()] for i in range(len(held))],
         })
@@ -483,54 +489,18 @@ class PaneBuilder:
                               fallback, raws)
 
 
-def fold(pane: Pane, columns: Columns, baseline: Baseline) -> None:
-    """Add decoded records to a pane (the numba kernels do the numeric work)."""
-    pane.records += columns.count
-    joint = baseline.joint
-    # The joint check reads each record's bin of every input, which the inputs' own
-    # kernels write into ``slots`` as they bin the values (-1: missing, the training mean).
-    # Every input row is written in full by its feature's kernel before the joint kernel.
-    slots = slots_buffer(len(joint.inputs), columns.count) if joint is not None else None
-    joint_row = {name: j for j, name in enumerate(joint.inputs)} if joint is not None else {}
-    for name, feature in baseline.features.items():
-        summary = pane.summaries[name]
-        invalid = columns.invalid.get(name)
-        n_invalid = int(invalid.sum()) if invalid is not None else 0
-        if isinstance(feature, CategoricalBaseline):
-            values = columns.categorical.get(name)
-            if values is None:  # another model's baseline calls this feature numeric
-                values = np.full(columns.count, None, dtype=object)
-            summary.update(values, invalid=n_invalid)
-            continue
-        values = columns.numeric.get(name)
-        if values is None:
-            values = np.full(columns.count, np.nan)
-        row = joint_row.get(name)
-        summary.update(values, invalid=n_invalid,  # type: ignore[call-arg]
-                       slots=slots[row] if row is not None and slots is not None else None)
-    if joint is not None and slots is not None:
-        joint.fold(pane.summaries[joint.name], slots)  # type: ignore[arg-type]
-    for name, rows in columns.new_features.items():
-        count = int(rows.sum())
-        if count:
-            pane.new_features[name] = pane.new_features.get(name, 0) + count
-    if len(pane.new_features) > MAX_NEW_FEATURES:
-        # A producer that sends thousands of unknown keys must not grow every pane (and the
-        # checkpoints and panes records made of them) without bound: keep the most frequent,
-        # which are the ones a schema event names anyway.
-        kept = sorted(pane.new_features.items(), key=lambda kv: (-kv[1], kv[0]))
-        pane.new_features = dict(kept[:MAX_NEW_FEATURES])
-
-
-def _by_model(columns: Columns) -> Iterable[tuple[str, np.ndarray | None]]:
-    if columns.models is None:
-        return [(DEFAULT_MODEL, None)]
+def _model_codes(columns: Columns) -> tuple[list[str], np.ndarray]:
+    """The model names in a batch and each record's index into them."""
     models = columns.models
+    if models is None:
+        return [DEFAULT_MODEL], np.zeros(columns.count, np.int64)
     first = models[0]
     if all(m == first for m in models):  # the common case: one model
-        return [(first if first is not None else DEFAULT_MODEL, None)]
+        return [first if first is not None else DEFAULT_MODEL], np.zeros(columns.count,
+                                                                          np.int64)
     names = np.array([m if m is not None else DEFAULT_MODEL for m in models], dtype=object)
-    return [(str(name), np.flatnonzero(names == name)) for name in sorted(set(names))]
+    unique, codes = np.unique(names, return_inverse=True)
+    return [str(name) for name in unique], codes.astype(np.int64)
 
 
 def _as_bytes(message: Any) -> bytes:

@@ -46,6 +46,7 @@ from .checks import (
 from .events import SkewEvent
 from .hysteresis import Hysteresis
 from .models import ModelBaselines
+from .pane import EncodedPanes
 from .window import Pane, SlidingWindow
 
 __all__ = ["Evaluator", "WindowResult"]
@@ -63,11 +64,18 @@ class WindowResult:
     end: int | None
     records: int
     results: tuple[CheckResult, ...]
-    window: Pane  # the live aggregate: read it now, copy what you keep
+    content: Pane | SlidingWindow  # see ``window``
     baseline: Baseline
     scales: Mapping[int, Pane] = field(default_factory=dict)  # finer scales' aggregates
     version: str | None = None
     key: str = ""
+
+    @property
+    def window(self) -> Pane:
+        """The window's aggregate, live: read it now, copy what you keep. (Its moments are
+        re-derived when first read, so results nobody looks into cost nothing.)"""
+        content = self.content
+        return content.aggregate if isinstance(content, SlidingWindow) else content
 
 
 class _ModelState:
@@ -120,7 +128,7 @@ class Evaluator:
         self.on_window = on_window
         self.pane_ms = config.window.pane_ms
         self.models: dict[str, _ModelState] = {}
-        self._encoded: dict[str, dict[int, tuple[Pane, str]]] = {}  # see _encoded_window
+        self._encoders: dict[str, tuple[EncodedPanes, EncodedPanes]] = {}  # see _encoded
         self.closed_through: int | None = None  # highest pane index closed
         self.windows = 0
         self.events = 0
@@ -200,7 +208,7 @@ class Evaluator:
         for states in groups.values():
             if len(states) < 2:
                 continue
-            states.sort(key=lambda s: (-s.window.aggregate.records, s.version or ""))
+            states.sort(key=lambda s: (-s.window.records, s.version or ""))
             reference = states[0]
             for other in states[1:]:
                 if other.baseline.id == reference.baseline.id:
@@ -273,7 +281,7 @@ class Evaluator:
         window = state.window
         if window.panes and index - window.panes[-1].index > window.size:
             window.reset(index)  # a long gap: everything in the window expired
-        pane = state.pending.pop(index, None) or Pane.empty(index, state.baseline)
+        pane = state.pending.pop(index, None) or Pane.sparse(index, state.baseline)
         window.push(pane)
         if not window.has_records:
             return []
@@ -303,14 +311,15 @@ class Evaluator:
                index: int | None = None) -> list[SkewEvent]:
         self.windows += 1
         window = state.window
-        aggregate = window.aggregate
-        finer = window.covered()
         # Under min_count no check can be judged (finer scales hold fewer records still):
         # skip the checks' work. Many small models (or a quiet hour) make this common.
-        if aggregate.records < state.judge.detect.min_count:
+        # (Reading window.aggregate re-derives its moments: only when it is judged.)
+        if window.records < state.judge.detect.min_count:
+            finer: list[tuple[int, Pane]] = []
             results: list[CheckResult] = []
         else:
-            results = list(state.judge.judge(aggregate, finer))
+            finer = window.covered()
+            results = list(state.judge.judge(window.aggregate, finer))
         joint = [r for r in results if r.check == JOINT_CHECK]
         events: list[SkewEvent] = []
         for result in [r for r in results if r.check != JOINT_CHECK]:
@@ -328,8 +337,8 @@ class Evaluator:
                     events.extend(self._observe(state, result, start, end))
                 results.extend(persistent)
         if self.on_window is not None:
-            self.on_window(WindowResult(state.name, start, end, aggregate.records,
-                                        tuple(results), aggregate, state.baseline,
+            self.on_window(WindowResult(state.name, start, end, window.records,
+                                        tuple(results), window, state.baseline,
                                         dict(finer), state.version, state.model))
         self.events += len(events)
         return events
@@ -453,24 +462,22 @@ class Evaluator:
 
     # -- checkpoints -------------------------------------------------------------------------
 
-    def _encoded_window(self, state: _ModelState) -> list[str]:
-        """The window's panes as checkpoint text. A pane in a window never changes again,
-        so each is encoded once and kept (with the pane, so its id is not reused) while it
-        is in the window: a checkpoint then costs the new panes, not every pane again."""
-        cache = self._encoded.get(state.model, {})
-        fresh: dict[int, tuple[Pane, str]] = {}
-        for pane in state.window.panes:
-            known = cache.get(id(pane))
-            if known is None or known[0] is not pane:
-                known = (pane, b64encode(pane.to_bytes()).decode())
-            fresh[id(pane)] = known
-        self._encoded[state.model] = fresh
-        return [text for _, text in fresh.values()]
+    def _encoded(self, state: _ModelState) -> tuple[list[str], dict[str, str]]:
+        """The window's panes and the pending ones as checkpoint text. A pane in a window
+        never changes again and most pending ones did not change since the last
+        checkpoint: each is encoded once while it stays the same (EncodedPanes)."""
+        window, pending = self._encoders.setdefault(state.model,
+                                                    (EncodedPanes(), EncodedPanes()))
+        indexes = list(state.pending)
+        texts = pending.texts(state.pending[i] for i in indexes)
+        return window.texts(state.window.panes), {str(i): t for i, t in zip(indexes, texts,
+                                                                              strict=True)}
 
     def state_bytes(self) -> bytes:
         """Everything needed to continue elsewhere: windows, pending panes, hysteresis."""
-        for gone in set(self._encoded) - set(self.models):
-            del self._encoded[gone]
+        for gone in set(self._encoders) - set(self.models):
+            del self._encoders[gone]
+        encoded = {model: self._encoded(s) for model, s in self.models.items()}
         return orjson.dumps({
             "closed_through": self.closed_through,
             "version_shift": [[*pair, *key, h.active, h.streak]
@@ -478,9 +485,8 @@ class Evaluator:
                               for key, h in states.items()],
             "models": {
                 model: {
-                    "window": self._encoded_window(s),
-                    "pending": {str(i): b64encode(p.to_bytes()).decode()
-                                for i, p in s.pending.items()},
+                    "window": encoded[model][0],
+                    "pending": encoded[model][1],
                     "hysteresis": [[*key, h.active, h.streak]
                                    for key, h in s.hysteresis.items()],
                     "blocks": [_block_json(block, counts) for block, counts in s.blocks],

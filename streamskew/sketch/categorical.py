@@ -83,8 +83,13 @@ class CategoricalSummary:
     invalid: int = 0
     unseen: dict[str, int] = field(default_factory=dict)  # Misra-Gries heavy hitters
 
-    def update(self, values: np.ndarray, invalid: int = 0) -> None:
-        """Add an object column of category strings (None = missing or invalid)."""
+    def update(self, values: np.ndarray, invalid: int = 0, step: int = 1,
+               unseen: dict[str, int] | None = None) -> None:
+        """Add an object column of category strings (None = missing or invalid).
+
+        ``step=-1`` removes values added before (the counts exactly; the heavy hitters are
+        left alone: a window re-merges them). ``unseen``, when given, receives the unseen
+        values' heavy hitters instead of this summary (as for numeric moments)."""
         layout = self.layout
         index = layout.index
         fallback = layout.unseen_slot if layout.tail_complete else layout.other_slot
@@ -93,26 +98,18 @@ class CategoricalSummary:
                             count=len(values))
         missing = codes < 0
         nulls = int(missing.sum())
-        self.counts += np.bincount(codes[~missing], minlength=len(self.counts))
-        self.missing += nulls - invalid
-        self.invalid += invalid
-        if fallback == layout.unseen_slot:
+        counted = np.bincount(codes[~missing], minlength=len(self.counts))
+        if step > 0:
+            self.counts += counted
+        else:
+            self.counts -= counted
+        self.missing += step * (nulls - invalid)
+        self.invalid += step * invalid
+        if step > 0 and fallback == layout.unseen_slot:
             unseen_rows = np.flatnonzero(codes == fallback)
             if len(unseen_rows):
-                self._count_unseen([values[i] for i in unseen_rows])
-
-    def _count_unseen(self, values: list[str]) -> None:
-        table = self.unseen
-        for value in values:
-            if value in table:
-                table[value] += 1
-            elif len(table) < HEAVY_HITTER_CAPACITY:
-                table[value] = 1
-            else:  # Misra-Gries: decrement everyone, forget those at zero
-                for key in list(table):
-                    table[key] -= 1
-                    if table[key] == 0:
-                        del table[key]
+                count_unseen(self.unseen if unseen is None else unseen,
+                             [values[i] for i in unseen_rows])
 
     @property
     def count(self) -> int:
@@ -161,6 +158,20 @@ class CategoricalSummary:
         counts = np.frombuffer(data, "<i8", n, offset).astype(np.int64)
         unseen = orjson.loads(data[offset + 8 * n:])
         return cls(layout, counts, missing, invalid, unseen)
+
+
+def count_unseen(table: dict[str, int], values: list[str]) -> None:
+    """Add ``values`` to the Misra-Gries table ``table`` (in place)."""
+    for value in values:
+        if value in table:
+            table[value] += 1
+        elif len(table) < HEAVY_HITTER_CAPACITY:
+            table[value] = 1
+        else:  # Misra-Gries: decrement everyone, forget those at zero
+            for key in list(table):
+                table[key] -= 1
+                if table[key] == 0:
+                    del table[key]
 
 
 def merge_heavy_hitters(tables: list[dict[str, int]],

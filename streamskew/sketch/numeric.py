@@ -29,7 +29,7 @@ import numpy as np
 
 from .quantiles import QuantileLayout
 
-__all__ = ["NumericLayout", "NumericSummary"]
+__all__ = ["NumericLayout", "NumericSummary", "combine_moments"]
 
 GRID_CELLS_PER_EDGE = 4  # uniform-grid lookup: cells per bin edge
 _FRACTION_MASK = (1 << 52) - 1
@@ -40,8 +40,9 @@ _NO_SLOTS = np.empty(0, dtype=np.int32)  # ``update`` without a slots output
 @numba.njit(cache=True, nogil=True)
 def _update(values, bits, edges, first_bin, last_bin, bins, quantiles, moments, multiplier,
             key_min, buckets, use_grid, grid_first, grid_last, grid_origin, grid_scale,
-            slots, write_slots):
-    """Fold ``values`` into the pane; returns how many were NaN (missing or invalid).
+            slots, write_slots, step):
+    """Fold ``values`` into the pane (``step`` -1: take them out again); returns how many
+    were NaN (missing or invalid). The moments of the values go to ``moments``.
 
     With ``write_slots``, ``slots[i]`` receives the bin slot of value ``i`` (-1 for NaN):
     the joint check reads each record's bins from there instead of searching them again."""
@@ -77,7 +78,7 @@ def _update(values, bits, edges, first_bin, last_bin, bins, quantiles, moments, 
             if key >= buckets:
                 key = buckets - 1
             slot = zero_slot + 1 + key if v > 0 else zero_slot - 1 - key
-        quantiles[slot] += 1
+        quantiles[slot] += step
         # Bin = number of edges <= v. The slot (or, for a narrow range of edges, the
         # uniform grid) brackets it, usually to one or two candidates, so the search is
         # short; the top edge closes the last bin.
@@ -103,7 +104,7 @@ def _update(values, bits, edges, first_bin, last_bin, bins, quantiles, moments, 
                 n = half
         if lo == last + 1 and v <= top_edge:
             lo = last
-        bins[lo] += 1
+        bins[lo] += step
         if write_slots:
             slots[i] = lo
     moments[0] += total
@@ -191,7 +192,7 @@ class NumericLayout:
             np.zeros(self.bin_slots, dtype=np.int64),
             np.zeros(self.quantile_layout.slots, dtype=np.int64),
             np.zeros(3, dtype=np.int64),
-            np.array([0.0, 0.0, np.inf, -np.inf]),
+            np.array(EMPTY_MOMENTS),
         )
 
 
@@ -206,11 +207,15 @@ class NumericSummary:
     moments: np.ndarray  # [sum, sum of squares, min, max]
 
     def update(self, values: np.ndarray, invalid: int = 0,
-               slots: np.ndarray | None = None) -> None:
+               slots: np.ndarray | None = None, step: int = 1,
+               moments: np.ndarray | None = None) -> None:
         """Add a float64 column (NaN = missing or invalid; ``invalid`` of them were invalid).
 
         ``slots`` (int32, one per value), when given, receives each value's bin slot (-1 for
-        NaN), in the same pass."""
+        NaN), in the same pass. ``step=-1`` removes values added before (every count exactly;
+        the moments are left alone: a window re-derives them). ``moments``, when given,
+        receives the values' moments instead of this summary (the window's aggregates
+        re-derive theirs from the panes, so a small pane's fold keeps its own there)."""
         values = np.ascontiguousarray(values, dtype=np.float64)
         q = self.layout.quantile_layout
         layout = self.layout
@@ -219,14 +224,16 @@ class NumericSummary:
             slots = _NO_SLOTS
         elif len(slots) != len(values):
             raise ValueError("slots must have one entry per value")
+        if moments is None:
+            moments = self.moments if step > 0 else _scratch_moments()
         nan = _update(values, values.view(np.int64), layout.edges, layout.first_bin,
                       layout.last_bin, self.bins,
-                      self.quantiles, self.moments, q.multiplier, q.key_min, q.buckets,
+                      self.quantiles, moments, q.multiplier, q.key_min, q.buckets,
                       layout.use_grid, layout.grid_first, layout.grid_last,
-                      layout.grid_origin, layout.grid_scale, slots, write)
-        self.counts[0] += len(values) - nan
-        self.counts[1] += nan - invalid
-        self.counts[2] += invalid
+                      layout.grid_origin, layout.grid_scale, slots, write, step)
+        self.counts[0] += step * (len(values) - nan)
+        self.counts[1] += step * (nan - invalid)
+        self.counts[2] += step * invalid
 
     @property
     def count(self) -> int:
@@ -256,12 +263,7 @@ class NumericSummary:
 
     def set_moments(self, panes: list[NumericSummary]) -> None:
         """Re-derive the moments from the panes that make up this window."""
-        moments = np.array([0.0, 0.0, np.inf, -np.inf])
-        for pane in panes:
-            moments[:2] += pane.moments[:2]
-            moments[2] = min(moments[2], pane.moments[2])
-            moments[3] = max(moments[3], pane.moments[3])
-        self.moments = moments
+        self.moments = combine_moments(np.array([p.moments for p in panes]).reshape(-1, 4))
 
     def copy(self) -> NumericSummary:
         return NumericSummary(self.layout, self.bins.copy(), self.quantiles.copy(),
@@ -336,6 +338,30 @@ class NumericSummary:
             raise ValueError("summary bytes do not match this feature's baseline layout")
         quantiles[slots] = values
         return cls(layout, bins, quantiles, counts, moments)
+
+
+EMPTY_MOMENTS = (0.0, 0.0, math.inf, -math.inf)  # [sum, sum of squares, min, max] of nothing
+
+
+def _scratch_moments() -> np.ndarray:
+    return np.array(EMPTY_MOMENTS)
+
+
+def combine_moments(table: np.ndarray, axis: int = 0) -> np.ndarray:
+    """The moments of the union of parts whose moments are stacked along ``axis`` of
+    ``table`` (last axis: sum, sum of squares, min, max).
+
+    >>> combine_moments(np.array([[1.0, 1.0, 1.0, 1.0], [5.0, 13.0, 2.0, 3.0]])).tolist()
+    [6.0, 14.0, 1.0, 3.0]
+    """
+    if table.shape[axis] == 0:
+        shape = list(table.shape)
+        del shape[axis]
+        return np.broadcast_to(np.array(EMPTY_MOMENTS), shape).copy()
+    sums = table[..., :2].sum(axis=axis)
+    low = table[..., 2].min(axis=axis)
+    high = table[..., 3].max(axis=axis)
+    return np.concatenate([sums, low[..., None], high[..., None]], axis=-1)
 
 
 def _planes(values: np.ndarray) -> bytes:
