@@ -122,22 +122,21 @@ class EvaluatorStage:
         if message.group != self.group:  # another deployment sharing the topic
             self._skip("other_deployment")
             return
-        if message.kind in ("requests", "labels"):
+        if message.kind == "panes":
+            try:
+                bundled = message.unbundle()
+            except ValueError:
+                self._skip("not_a_pane_record")
+                return
+            for pane in bundled:
+                if pane.kind == "pane" and pane.group == self.group:
+                    self._on_pane(pane)
+                else:
+                    self._skip("not_a_pane_record")
+        elif message.kind in ("requests", "labels"):
             self._join(message)
         elif message.kind == "pane":
-            # The baseline in force at that pane (a registry entry may change it from a
-            # pane on; partial panes summarized against another are skipped below).
-            baseline = baseline_for(self.baselines, message.model, message.index)
-            try:
-                pane = Pane.from_bytes(message.payload, baseline)
-            except BaselineMismatch:
-                self._skip("other_baseline")
-                return
-            if len(pane.summaries) < len(baseline.features):  # one part of a large pane
-                whole = Pane.empty(message.index, baseline)
-                whole.merge(pane)
-                pane = whole
-            self.sources.add_pane(message.source, message.model, message.index, pane)
+            self._on_pane(message)
         elif message.labels:  # a labels partition: only the join follows it
             if self.monitor is not None:
                 self.pending.extend(self.monitor.source_state(
@@ -148,6 +147,26 @@ class EvaluatorStage:
             if self.monitor is not None:
                 self.pending.extend(self.monitor.source_state(
                     message.source, message.idle, message.final, labels=False))
+
+    def _on_pane(self, message: PaneMessage) -> None:
+        assert self.sources is not None
+        # The baseline in force at that pane (a registry entry may change it from a
+        # pane on; partial panes summarized against another are skipped below).
+        baseline = baseline_for(self.baselines, message.model, message.index)
+        try:
+            pane = Pane.from_bytes(message.payload, baseline)
+        except BaselineMismatch:
+            self._skip("other_baseline")
+            return
+        except ValueError:
+            self._skip("not_a_pane_record")
+            return
+        if pane.values is None and len(pane.summaries) < len(baseline.features):
+            # one part of a large pane
+            whole = Pane.empty(message.index, baseline)
+            whole.merge(pane)
+            pane = whole
+        self.sources.add_pane(message.source, message.model, message.index, pane)
 
     def _join(self, message: PaneMessage) -> None:
         if self.monitor is None:

@@ -85,7 +85,13 @@ def pane_parts(pane: Pane, max_bytes: int) -> list[bytes]:
     when it is larger (a model with many features). Partial panes merge like any others:
     the record count and new-feature counts travel with the first part only."""
     whole = pane.to_bytes()
-    if len(whole) <= max_bytes or len(pane.summaries) < 2:
+    if len(whole) <= max_bytes:
+        return [whole]
+    if pane.values is not None:  # values are not split: summaries are (per feature)
+        dense = pane.copy()
+        dense.densify()
+        return pane_parts(dense, max_bytes)
+    if len(pane.summaries) < 2:
         return [whole]
     names = list(pane.summaries)
     half = len(names) // 2
@@ -264,18 +270,10 @@ class SourceStage:
             return False
         assert self.consumer is not None
         panes_partitions = sorted(producer.partitions_for(self.kafka.panes_topic))
-        partitions = len(panes_partitions)
         with transaction(producer):
             offsets = {}
             for source, (watermark, idle, final) in due:
-                for sealed in source.panes:
-                    for payload in pane_parts(sealed.pane, self.checkpoints.part_bytes):
-                        producer.send(self.kafka.panes_topic, key=sealed.model.encode(),
-                                      partition=panes_partition(sealed.model, partitions),
-                                      value=PaneMessage("pane", source.name, self.group,
-                                                        model=sealed.model, index=sealed.index,
-                                                        baseline=sealed.pane.baseline_id,
-                                                        payload=payload).encode())
+                self._send_panes(producer, source, panes_partitions)
                 for record in source.dead:
                     value, headers = dead_letter(record, source.tp, self.dead_letter_max_bytes)
                     producer.send(self.kafka.dlq_topic, key=None, value=value, headers=headers)
@@ -322,6 +320,22 @@ class SourceStage:
             source.dirty = False
             source.sent = beat
         return True
+
+    def _send_panes(self, producer: KafkaProducer, source: _Source,
+                    panes_partitions: list[int]) -> None:
+        """The source's sealed panes, bundled per panes partition (see kafka.state)."""
+        by_partition: dict[int, list[bytes]] = {}
+        for sealed in source.panes:
+            partition = panes_partitions[panes_partition(sealed.model, len(panes_partitions))]
+            for payload in pane_parts(sealed.pane, self.checkpoints.part_bytes):
+                by_partition.setdefault(partition, []).append(PaneMessage(
+                    "pane", source.name, self.group, model=sealed.model, index=sealed.index,
+                    baseline=sealed.pane.baseline_id, payload=payload).encode())
+        for partition, encoded in by_partition.items():
+            for bundle in PaneMessage.bundles(encoded, self.checkpoints.part_bytes):
+                producer.send(self.kafka.panes_topic, partition=partition, key=None,
+                              value=PaneMessage("panes", source.name, self.group,
+                                                payload=bundle).encode())
 
     def _heartbeat(self, source: _Source, now: float) -> tuple[int, bool, bool]:
         idle = (not self.until_end and now - source.last_record > self.idle_timeout_s

@@ -22,11 +22,17 @@ pane's bytes for kind ``pane``. With ``[labels]``, kinds ``requests`` and ``labe
 what the label join needs of one polled batch of a source partition, as compact arrays
 (:mod:`streamskew.performance.shipping`), and heartbeats of labels partitions say so
 (``"labels": true``).
+
+Sealed panes travel in bundles (kind ``panes``): the payload is a sequence of
+length-prefixed ``pane`` records (each as above), up to ``part_bytes`` per bundle. A
+deployment with many models seals hundreds of small panes per source and pane interval, and
+one Kafka record each would cost more to produce and consume than the panes themselves.
 """
 
 from __future__ import annotations
 
 import hashlib
+import struct
 import time
 import zlib
 from dataclasses import dataclass
@@ -104,7 +110,7 @@ class PaneMessage:
     """One panes-topic record: a sealed pane, a source's watermark heartbeat, or (with
     ``[labels]``) what the label join needs of a batch of requests or labels."""
 
-    kind: str  # "pane", "watermark", "requests" or "labels"
+    kind: str  # "pane", "panes" (a bundle of them), "watermark", "requests" or "labels"
     source: str  # "topic/partition"
     group: str  # the deployment that wrote it
     model: str = ""
@@ -140,6 +146,43 @@ class PaneMessage:
                        labels=header.get("labels", False), payload=payload)
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a streamskew panes record ({exc!r})") from None
+
+    @staticmethod
+    def bundles(panes: list[bytes], max_bytes: int) -> list[bytes]:
+        """Payloads of ``panes`` bundles holding the encoded ``pane`` records ``panes``,
+        each at most ``max_bytes`` (or one record, if that alone is larger)."""
+        out: list[bytes] = []
+        chunk: list[bytes] = []
+        size = 0
+        for encoded in panes:
+            framed = _FRAME.pack(len(encoded)) + encoded
+            if chunk and size + len(framed) > max_bytes:
+                out.append(b"".join(chunk))
+                chunk, size = [], 0
+            chunk.append(framed)
+            size += len(framed)
+        if chunk:
+            out.append(b"".join(chunk))
+        return out
+
+    def unbundle(self) -> list[PaneMessage]:
+        """The ``pane`` records of a ``panes`` bundle; ValueError when damaged."""
+        payload = self.payload
+        out, offset = [], 0
+        try:
+            while offset < len(payload):
+                (size,) = _FRAME.unpack_from(payload, offset)
+                offset += _FRAME.size
+                if offset + size > len(payload):
+                    raise ValueError("a bundled pane runs past the record's end")
+                out.append(PaneMessage.decode(payload[offset:offset + size]))
+                offset += size
+        except struct.error as exc:
+            raise ValueError(f"not a streamskew panes bundle ({exc})") from None
+        return out
+
+
+_FRAME = struct.Struct("<I")
 
 
 class CheckpointStore:
