@@ -696,7 +696,9 @@ def replay(config_path: str, baseline_path: str | None, bootstrap_servers: str |
         try:
             result = run_replay(config, baseline, start_ms, end_ms, bootstrap_servers,
                                 on_event=sink, on_window=watch.on_window,
-                                on_bad_record=collector.on_bad_record if collector else None)
+                                on_bad_record=collector.on_bad_record if collector else None,
+                                on_performance_window=collector.on_performance_window
+                                if collector else None)
         except (RuntimeError, TimeoutError) as exc:
             raise _Problem(str(exc)) from None
     watch.finish()
@@ -704,6 +706,10 @@ def replay(config_path: str, baseline_path: str | None, bootstrap_servers: str |
     click.echo(f"records={result.records} accepted={stats.accepted} rejected={stats.bad_total} "
                f"outside_range={stats.outside_range} late={stats.late} "
                f"windows={result.windows} events={len(result.events)}", err=True)
+    if result.labels is not None:  # [labels]: the join's counts, as `run` prints them
+        outside = f"; label records read={result.label_records} outside the label range=" \
+            f"{result.labels_outside_range}" if result.labels_outside_range else ""
+        click.echo(result.labels.summary() + outside, err=True)
     for warning in result.warnings:
         click.echo(f"Warning: {warning}", err=True)
     counts = RunCounts.of(stats, windows=result.windows, watch=watch,
@@ -714,7 +720,8 @@ def replay(config_path: str, baseline_path: str | None, bootstrap_servers: str |
     if collector is not None:
         summary = DetectorStats(records=stats.records, accepted=stats.accepted, bad=stats.bad,
                                 field_errors=stats.field_errors, late=stats.late,
-                                windows=result.windows, events=len(result.events))
+                                windows=result.windows, events=len(result.events),
+                                labels=result.labels)
         _report(collector, report, summary, result.events,
                 f"replay {start} .. {end or 'end'}", baseline_path or config.baseline, blind)
     _finish(blind, watch)

@@ -353,3 +353,164 @@ def test_simple_label_batches_read_as_the_record_reader_reads_them(classifier_ba
         for name in ("times", "keys", "sampled", "values"):
             assert np.array_equal(getattr(fast, name), getattr(slow, name), equal_nan=True)
     assert feed._simple_labels([orjson.dumps(st.labels[0]), b"not json"], None) is None
+
+
+# -- replay reads the labels topic too ------------------------------------------------------
+
+
+def _toml(tmp_path, bootstrap: str, config: Config, baseline) -> str:
+    """The CLI's config file for ``config`` (CONFIG of tests/performance_data.py on Kafka)."""
+    baseline.save(tmp_path / "baseline.json")
+    k = config.kafka
+    toml = tmp_path / "streamskew.toml"
+    toml.write_text(f'''baseline = "baseline.json"
+[message]
+model = "model"
+[window]
+size = "30m"
+pane = "10m"
+allowed_lateness = "30s"
+[detect]
+min_count = 200
+[labels]
+topic = "{config.labels.topic}"
+max_delay = "1h"
+min_labels = 200
+[kafka]
+bootstrap_servers = "{bootstrap}"
+topics = ["{k.topics[0]}"]
+group_id = "{k.group_id}"
+''')
+    return str(toml)
+
+
+def test_replay_over_requests_and_labels_equals_the_live_run(kafka_bootstrap,
+                                                             classifier_baseline, bug):
+    """The whole range: the same events (skew and performance, by id) as `run --until-end`
+    over the same topics, and the join's counts equal (every field)."""
+    from streamskew.kafka.replay import replay
+
+    st, requests, labels = bug
+    config = _labels_config(kafka_bootstrap, requests, labels, unique("live"))
+    stats = DetectorService(config, classifier_baseline, until_end=True).run()
+    published = _published(kafka_bootstrap, config)
+    result = replay(config, classifier_baseline, T0)
+    assert _performance(published), "the bug should fire"
+    assert event_ids(_performance(result.events)) == event_ids(_performance(published))
+    assert event_ids(result.events) == event_ids(published)
+    assert result.labels is not None and stats.labels is not None
+    assert result.labels == stats.labels
+    assert result.records == len(st.requests) and result.label_records == len(st.labels)
+    assert result.labels_outside_range == 0
+
+
+def test_replay_of_a_sub_range_equals_detect_with_labels_over_it(kafka_bootstrap,
+                                                                classifier_baseline, bug):
+    """Requests of [1h, 3h) with the labels of replay.label_range ([1h, 3h + 2 max_delay +
+    allowed_lateness)): the events and join counts of `detect --labels` over those
+    records."""
+    from dataclasses import asdict
+    from types import SimpleNamespace
+
+    from streamskew.kafka.replay import label_range, replay
+
+    st, requests, labels = bug
+    config = _labels_config(kafka_bootstrap, requests, labels, unique("sub"))
+    start, end = T0 + HOUR, T0 + 3 * HOUR
+    low, high = label_range(config, start, end)
+    assert high == end + 2 * HOUR + 30_000
+    inside = [r for r in st.requests if start <= r["timestamp"] < end]
+    in_range = [r for r in st.labels if low <= r["timestamp"] < high]
+    assert len(in_range) < len(st.labels)  # labels are cut at both ends
+    reference = _detect(config, classifier_baseline,
+                        SimpleNamespace(requests=inside, labels=in_range))
+    result = replay(config, classifier_baseline, start, end)
+    expected = reference.events  # type: ignore[attr-defined]
+    assert _performance(expected), "the bug (from 2h) should fire within the range"
+    assert event_ids(result.events) == event_ids(expected)
+    assert all(start < e.window_end <= end for e in result.events)
+    # The counts, exact; but a second label of a request that never comes (here: of the
+    # requests just outside the range) is a `duplicate` while the first still waits, and
+    # `without_request` once the request watermark has passed the first: that depends on
+    # how the two topics interleave, so only the sum of the two is fixed.
+    got, want = asdict(result.labels), asdict(reference.stats.labels)
+    either = ("duplicate", "without_request")
+    assert {k: v for k, v in got.items() if k not in either} == \
+        {k: v for k, v in want.items() if k not in either}
+    assert sum(got[k] for k in either) == sum(want[k] for k in either)
+    assert result.labels_outside_range > 0  # read (by offset) but out of the label range
+    # Every label of the range's requests was read: their counts equal a detect fed only
+    # those requests' own labels, all of them.
+    ids = {r["request_id"] for r in inside}
+    own = _detect(config, classifier_baseline, SimpleNamespace(
+        requests=inside, labels=[r for r in st.labels if r["request_id"] in ids]))
+    counted = ("matched", "late", "unlabelled", "sampled", "requests")
+    assert {k: got[k] for k in counted} == {k: getattr(own.stats.labels, k) for k in counted}
+    assert got["late"] > 0 and got["matched"] > 0
+
+
+def test_replay_with_an_empty_labels_topic_judges_drift_and_says_unmatched(
+        kafka_bootstrap, classifier_baseline, bug, tmp_path):
+    """`replay --publish --report` with [labels] on an empty labels topic: exit 0, skew
+    and estimated-performance events published and drawn, no realized one, and every
+    request counted unlabelled; a labels topic that does not exist is one line."""
+    from click.testing import CliRunner
+
+    from streamskew.cli import main
+
+    st, requests, _ = bug
+    empty = unique("nolabels")
+    create_topic(kafka_bootstrap, empty, PARTITIONS)
+    config = _labels_config(kafka_bootstrap, requests, empty, unique("empty"))
+    toml = _toml(tmp_path, kafka_bootstrap, config, classifier_baseline)
+    report = tmp_path / "r.html"
+    runner = CliRunner()
+    result = runner.invoke(main, ["replay", "--config", toml, "--from", str(T0),
+                                  "--publish", "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    assert "labels=0 matched=0" in result.stderr
+    assert f"requests sampled={len(st.requests)} unlabelled={len(st.requests)}" \
+        in result.stderr
+    published = _published(kafka_bootstrap, config)
+    checks = {e["check"] for e in published if e["type"] == "skew_detected"}
+    assert "distribution" in checks and "estimated_performance" in checks
+    assert "performance" not in checks
+    html = report.read_text()
+    assert 'class="performance"' in html and "estimated_performance" in html
+
+    missing = _toml(tmp_path, kafka_bootstrap, Config.from_dict({
+        **CONFIG, "labels": {**CONFIG["labels"], "topic": unique("absent")},
+        "kafka": {"bootstrap_servers": kafka_bootstrap, "topics": [requests],
+                  "group_id": unique("absent")}}), classifier_baseline)
+    failed = runner.invoke(main, ["replay", "--config", missing, "--from", str(T0)])
+    assert failed.exit_code == 1
+    assert "no labels topic to read" in failed.stderr and "Traceback" not in failed.output
+    assert len(failed.stderr.strip().splitlines()) == 1
+
+
+def test_selected_arrays_equal_the_arrays_of_the_selected_records(classifier_baseline):
+    """RequestArrays/LabelArrays.select (a replay's time range) give exactly what JoinFeed
+    makes of the selected records alone, sampled keys included (sample 0.5: some rows are
+    not sampled)."""
+    import numpy as np
+
+    from streamskew.performance.shipping import JoinFeed
+
+    st = stream(hours=1, duplicate_share=0.02)
+    config = Config.from_dict({**CONFIG, "labels": {**CONFIG["labels"], "sample": 0.5}})
+    feed = JoinFeed(config, {"default": classifier_baseline})
+    requests = [orjson.dumps(r) for r in st.requests]
+    labels = [orjson.dumps(r) for r in st.labels]
+    rows = np.random.default_rng(4).random(len(requests)) < 0.4
+    picked = feed.requests(requests).select(rows)
+    alone = feed.requests([m for m, keep in zip(requests, rows, strict=True) if keep])
+    for name in ("times", "codes", "values", "flags", "sampled_keys", "keys"):
+        assert np.array_equal(getattr(picked, name), getattr(alone, name), equal_nan=True)
+    label_rows = np.random.default_rng(5).random(len(labels)) < 0.4
+    arrays, _ = feed.labels(labels)
+    chosen = arrays.select(label_rows)
+    single, _ = feed.labels([m for m, keep in zip(labels, label_rows, strict=True) if keep])
+    for name in ("times", "sampled", "sampled_keys", "sampled_values", "keys"):
+        assert np.array_equal(getattr(chosen, name), getattr(single, name), equal_nan=True)
+    assert 0 < picked.sampled_keys.size < len(picked)

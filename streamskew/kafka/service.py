@@ -63,9 +63,9 @@ from .topics import (
     RetentionWatch,
     ensure_topics,
     internal_topics,
-    label_topics,
     retention_ms,
     source_topics,
+    wanted_label_topics,
 )
 from .transactions import transaction
 
@@ -164,7 +164,8 @@ class DetectorService:
             if created:
                 log.info("created topics %s", ", ".join(created))
             available = admin.list_topics()
-            self.label_topics = self._label_topics(available)
+            self.label_topics = wanted_label_topics(self.kafka, self.config.labels, available,
+                                                    "run")
             self.topics = [t for t in source_topics(self.kafka, available)
                            if t not in self.label_topics]
             self.source_stage.retention = RetentionWatch(
@@ -309,21 +310,6 @@ class DetectorService:
                 break
             self._follow_pattern()
         self.checkpoint(force=True)
-
-    def _label_topics(self, available: list[str]) -> list[str]:
-        """[labels] topic(s) to read beside the requests ([] without [labels])."""
-        labels = self.config.labels
-        if labels is None:
-            return []
-        found = label_topics(self.kafka, labels, available)
-        if not found:
-            wanted = labels.topic_pattern or labels.topic
-            if not wanted:
-                raise KafkaProblem("run: [labels] names no labels topic: set [labels] topic "
-                                   "(or topic_pattern)")
-            raise KafkaProblem(f"run: no labels topic to read: [labels] topic/topic_pattern "
-                               f"= {wanted}; create the topic or fix the config")
-        return found
 
     def _follow_pattern(self) -> None:
         """With ``topic_pattern``, take in matching topics created since start (checked every

@@ -13,7 +13,7 @@ from kafka.errors import TopicAlreadyExistsError
 from ..config import KafkaConfig, LabelsConfig
 
 __all__ = ["RetentionWatch", "TopicSpec", "ensure_topics", "internal_topics", "label_topics",
-           "retention_ms", "source_topics", "topic_regex"]
+           "retention_ms", "source_topics", "topic_regex", "wanted_label_topics"]
 
 ALERTS_BYTES = 1024**3  # per partition
 DAY_MS = 86_400_000
@@ -85,6 +85,25 @@ def label_topics(kafka: KafkaConfig, labels: LabelsConfig | None,
         pattern = re.compile(topic_regex(replace(kafka, topic_pattern=labels.topic_pattern)))
         return sorted(t for t in names if pattern.match(t))
     return [labels.topic] if labels.topic in names else []
+
+
+def wanted_label_topics(kafka: KafkaConfig, labels: LabelsConfig | None,
+                        available: Iterable[str], command: str) -> list[str]:
+    """The labels topic(s) ``command`` (``run``, ``replay``) reads beside the requests: []
+    without ``[labels]``; a KafkaProblem (one line) when ``[labels]`` names none that exists."""
+    from .failures import KafkaProblem
+
+    if labels is None:
+        return []
+    found = label_topics(kafka, labels, available)
+    if not found:
+        wanted = labels.topic_pattern or labels.topic
+        if not wanted:
+            raise KafkaProblem(f"{command}: [labels] names no labels topic: set [labels] "
+                               "topic (or topic_pattern)")
+        raise KafkaProblem(f"{command}: no labels topic to read: [labels] topic/topic_pattern "
+                           f"= {wanted}; create the topic or fix the config")
+    return found
 
 
 def topic_regex(kafka: KafkaConfig) -> str:

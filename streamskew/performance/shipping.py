@@ -112,6 +112,14 @@ class RequestArrays:
         times, values, keys, codes, flags = parts
         return cls(times, list(header["models"]), codes, values, flags, keys)
 
+    def select(self, rows: np.ndarray) -> RequestArrays:
+        """The requests where the boolean mask ``rows`` is true, in order (a replay keeps
+        those whose event time lies in its range)."""
+        sampled = (self.flags & SAMPLED) != 0
+        return RequestArrays(self.times[rows], self.models, self.codes[rows],
+                             self.values[rows], self.flags[rows],
+                             self.sampled_keys[rows[sampled]])
+
     def split(self, max_bytes: int) -> list[RequestArrays]:
         """Consecutive parts of at most about ``max_bytes`` encoded each, in order."""
         rows = max(1, max_bytes // (self.ROW_BYTES + 8))
@@ -170,6 +178,13 @@ class LabelArrays:
             at += size
         times, keys, values, sampled = parts
         return cls(times, sampled.astype(bool), keys, values, dict(header["bad"]))
+
+    def select(self, rows: np.ndarray) -> LabelArrays:
+        """The labels where the boolean mask ``rows`` is true, in order; the counts of
+        unreadable records stay (they have no time to select by)."""
+        return LabelArrays(self.times[rows], self.sampled[rows],
+                           self.sampled_keys[rows[self.sampled]],
+                           self.sampled_values[rows[self.sampled]], dict(self.bad))
 
     def split(self, max_bytes: int) -> list[LabelArrays]:
         rows = max(1, max_bytes // 25)
