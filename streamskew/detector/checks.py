@@ -203,8 +203,8 @@ class Judge:
                     r.key: [r] for r in results}
                 for k, pane in finer:
                     part = pane.summaries.get(name)
-                    if part is None:
-                        continue
+                    if part is None or pane.records < self.detect.min_count:
+                        continue  # (under min_count no check of that scale is judged)
                     for r in self._feature_checks(name, part, pane.records, k):
                         by_key[r.key].append(r)
                 results = [_decisive(scales) for scales in by_key.values()]

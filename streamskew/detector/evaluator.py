@@ -318,7 +318,7 @@ class Evaluator:
             finer: list[tuple[int, Pane]] = []
             results: list[CheckResult] = []
         else:
-            finer = window.covered()
+            finer = window.covered(state.judge.detect.min_count)
             results = list(state.judge.judge(window.aggregate, finer))
         joint = [r for r in results if r.check == JOINT_CHECK]
         events: list[SkewEvent] = []

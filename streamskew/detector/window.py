@@ -105,21 +105,25 @@ class SlidingWindow:
         """The aggregate of the newest ``k`` panes (``k`` in :attr:`scales`)."""
         if not self.panes:
             return self.aggregate
-        if k == 1:
-            newest = self.panes[-1]
-            newest.densify()  # judged: checks read summaries (same content, stored densely)
-            return newest
         summed = self._scales.get(k)
+        if summed is None and k == 1 and self.panes[-1].values is None:
+            summed = self.panes[-1]
         if summed is None:
             summed = Pane.empty(self.panes[-1].index, self.baseline)
             summed.merge_all([p for p in list(self.panes)[-k:] if p.records])
             self._scales[k] = summed
         return summed
 
-    def covered(self) -> list[tuple[int, Pane]]:
-        """The finer scales that hold less than the whole window now, with their panes."""
-        held = len(self.panes)
-        return [(k, self.scale(k)) for k in self.scales if k < held]
+    def covered(self, min_records: int = 0) -> list[tuple[int, Pane]]:
+        """The finer scales that hold less than the whole window now, with their panes;
+        only those with at least ``min_records`` records (fewer than min_count: no check
+        can be judged there, so they are not even summed)."""
+        held = list(self.panes)
+        found = []
+        for k in self.scales:
+            if k < len(held) and sum(p.records for p in held[-k:]) >= min_records:
+                found.append((k, self.scale(k)))
+        return found
 
     @property
     def first_index(self) -> int:
