@@ -170,6 +170,9 @@ class PaneBuilder:
         self.stats = BuilderStats()
         self.open: dict[tuple[str, int], Pane] = {}
         self._encoded = EncodedPanes()  # the open panes' checkpoint text (state_bytes)
+        # Records that reached the clock (all but those turned away): a source whose
+        # records are all turned away tells the clock nothing, and counts as idle.
+        self.admitted = 0
         self.held = _Held()
         self.event_time: bool | None = None  # decided by the first accepted records
         self.next_id = 0  # ids of records given without ids: their running count
@@ -221,6 +224,7 @@ class PaneBuilder:
         self._report(bad, record_ids, columns)
         if not columns.count:
             return []
+        self.admitted += columns.count
         if not self.event_time:
             self._fold(columns, np.full(columns.count, WHOLE_INPUT))
             return []

@@ -178,15 +178,21 @@ class SourceStage:
             return
         values = [r.value if r.value is not None else b"" for r in records]
         timestamps = [r.timestamp for r in records]
+        heard = True
         if source.builder is None:
             self._feed_labels(source, records, values, timestamps)
         else:
+            admitted = source.builder.admitted
             source.builder.on_bad_record = source.dead.append
             source.panes.extend(source.builder.add(
                 values, timestamps=timestamps, ids=[r.offset for r in records]))
             if self.join_feed is not None:
                 source.join.append(self.join_feed.requests(values, timestamps))
-        source.last_record = self.clock()
+            # Records all turned away (an unknown model, malformed) give the clock no time:
+            # a partition of only those must go idle, not hold every other's panes open.
+            heard = source.builder.admitted > admitted
+        if heard:
+            source.last_record = self.clock()
 
     def _feed_labels(self, source: _Source, records: list[Any], values: list[bytes],
                      timestamps: list[int]) -> None:
