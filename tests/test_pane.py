@@ -138,6 +138,12 @@ def test_damaged_sparse_bytes_are_refused(baseline):
     pane.records = 6  # the values no longer match the record count
     with pytest.raises(ValueError, match="record count"):
         Pane.from_bytes(pane.to_bytes(), baseline)
+    pane.records = 5
+    data = pane.to_bytes()
+    for damaged in (data[:len(data) // 2], data.replace(b'"sizes"', b'"sizez"'),
+                    data.replace(b'"numeric"', b'"numerix"')):
+        with pytest.raises(ValueError):  # never a KeyError or an IndexError
+            Pane.from_bytes(damaged, baseline)
 
 
 def test_window_of_sparse_panes_equals_window_of_dense_panes(baseline):

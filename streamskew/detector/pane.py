@@ -340,8 +340,11 @@ class Pane:
                                    f"{raw.get('baseline') or '(unknown)'}, not {baseline.id}")
         offset = 4 + size
         if "values" in raw:
-            values = PaneValues.from_header(raw["values"], memoryview(body)[offset:],
-                                            raw["records"], baseline)
+            try:
+                values = PaneValues.from_header(raw["values"], memoryview(body)[offset:],
+                                                int(raw["records"]), baseline)
+            except (KeyError, TypeError, IndexError, orjson.JSONDecodeError) as exc:
+                raise ValueError(f"not a serialized pane ({exc!r})") from None
             return cls(raw["index"], raw["records"], {}, dict(raw["new_features"]),
                        baseline.id, values)
         summaries: dict[str, Summary] = {}
