@@ -300,9 +300,14 @@ class DetectorService:
         while not (stop is not None and stop.is_set()):
             self._poll_sources()
             self._poll_panes()
-            finishing = self._finishing()
-            if self.clock() - last_checkpoint >= self.checkpoint_interval_s or finishing:
-                self.checkpoint(force=finishing)
+            # A partition sealed for good (until_end) is committed at once, so its final
+            # heartbeat goes out; the evaluator still commits at its own pace (alerts,
+            # every EVALUATOR_CHECKPOINT_EVERY checkpoints, the end): with a dozen
+            # partitions finishing one after another, forcing it each time would write
+            # its whole state (the label join's pending requests) a dozen times.
+            if self.clock() - last_checkpoint >= self.checkpoint_interval_s \
+                    or self._finishing():
+                self.checkpoint()
                 # Measured after the commit: a slow checkpoint must not make every
                 # following poll checkpoint again.
                 last_checkpoint = self.clock()
