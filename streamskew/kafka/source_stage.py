@@ -182,10 +182,15 @@ class SourceStage:
             self._feed_labels(source, records, values, timestamps)
         else:
             source.builder.on_bad_record = source.dead.append
+            # With the join, the builder hands over the messages as it parsed them: the
+            # join's ids, times and predictions are picked from those, not parsed again.
+            chunks = self.join_feed.request_chunks() if self.join_feed is not None else None
             source.panes.extend(source.builder.add(
-                values, timestamps=timestamps, ids=[r.offset for r in records]))
+                values, timestamps=timestamps, ids=[r.offset for r in records],
+                on_parsed=chunks))
             if self.join_feed is not None:
-                source.join.append(self.join_feed.requests(values, timestamps))
+                assert chunks is not None
+                source.join.append(self.join_feed.chunked_requests(chunks, timestamps))
         source.last_record = self.clock()
 
     def _feed_labels(self, source: _Source, records: list[Any], values: list[bytes],
