@@ -566,6 +566,35 @@ def test_floors_fall_with_the_window_size(classifier_baseline):
         assert sizes == sorted(sizes, reverse=True)
 
 
+def test_spreads_of_large_windows_match_a_direct_simulation(classifier_baseline):
+    """Past the anchor size the spread (the CIs' standard deviation) is the anchor's,
+    scaled like n_eff^-1/2. Checked against 2,000 null windows drawn directly at each size
+    from the validation histograms (as the floors draw them). Tolerance 12%: the two
+    standard deviations are estimated from 1,000 and 2,000 draws (relative sd ~2.2% and
+    ~1.6%, so ~2.7% for their ratio: 12% is over 4 sd), and the scaling of a smooth
+    statistic's spread is exact to first order."""
+    from streamskew.performance.floors import ASYMPTOTIC_FROM
+    from streamskew.performance.metrics import confusion, rates
+    from streamskew.stats.noise import effective_size
+
+    ref = classifier_baseline.performance
+    floors = PerformanceFloors(ref, 1e-3, "test")
+    joint = np.concatenate([ref.positives, ref.negatives]).astype(float)
+    joint /= joint.sum()
+    rng = np.random.default_rng(11)
+    for n in (3 * ASYMPTOTIC_FROM, 10 * ASYMPTOTIC_FROM):
+        size = round(effective_size(n, ref.count))
+        draws = rng.multinomial(size, joint, size=2000)
+        positives, negatives = draws[:, :ref.bins], draws[:, ref.bins:]
+        values = rates(*confusion(positives, negatives, ref.layout().threshold_bin))
+        values["roc_auc"], _ = binned_auc(positives, negatives)
+        for metric in ("f1", "roc_auc"):
+            direct = float(np.std(values[metric]))
+            spread = floors.spread(metric, False, WindowCounts(n, n // 2, n // 2))
+            assert spread == pytest.approx(direct, rel=0.12), (n, metric)
+    assert {bucket for _, bucket in floors._cache} == {ASYMPTOTIC_FROM}  # one simulation
+
+
 # -- configuration and command line ----------------------------------------------------------
 
 
