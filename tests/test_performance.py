@@ -216,6 +216,47 @@ def test_pane_sums_are_exact_whatever_the_batching_and_merge_order():
     assert merged.value == whole.value == math.fsum(values)
 
 
+def _msum(partials: list[float], values) -> list[float]:
+    """Shewchuk's msum in plain Python (the recipe behind math.fsum): the reference."""
+    partials = list(partials)
+    for x in values:
+        x = float(x)
+        i = 0
+        for y in partials:
+            if abs(x) < abs(y):
+                x, y = y, x
+            hi = x + y
+            lo = y - (hi - x)
+            if lo:
+                partials[i] = lo
+                i += 1
+            x = hi
+        partials[i:] = [x]
+    return partials
+
+
+def test_exact_sums_keep_the_partials_of_the_python_recipe_to_the_bit():
+    """The compiled ExactSum.add keeps exactly the partials of the Python recipe, batch
+    after batch: huge cancellations, subnormals, mixed signs, lists and arrays, and the
+    non-finite values that make the partials grow."""
+    rng = np.random.default_rng(8)
+    batches = [rng.normal(0, 1e6, 3000) * rng.random(3000) ** 8,
+               np.array([1e308, 1e308, -1e308, 1e-308, 5e-324, -1e16, 1.0, 1e16]),
+               rng.normal(0, 1, 1000) * 10.0 ** rng.integers(-300, 300, 1000),
+               [3, 1e100, -1e100, 0.1, 0.2, -0.3],
+               np.array([np.inf, 1.0, np.nan, -np.inf, 2.0]),
+               rng.random(50)]
+    total, reference = ExactSum(), []
+    for batch in batches:
+        total.add(batch)
+        reference = _msum(reference, batch)
+        assert [v.hex() for v in total.partials] == [v.hex() for v in reference]
+    finite = ExactSum()  # (fsum itself overflows on the 1e308 pair: left out here)
+    for batch in (batches[0], batches[2], batches[3]):
+        finite.add(batch)
+    assert finite.value == math.fsum([*batches[0], *batches[2], *batches[3]])
+
+
 def test_pane_bytes_round_trip_and_merge():
     layout = ScoreLayout.default()
     rng = np.random.default_rng(1)
