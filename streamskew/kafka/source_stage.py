@@ -422,8 +422,12 @@ class SourceStage:
 
     @property
     def finishing(self) -> bool:
-        """until_end: a partition was sealed for good and waits for its commit."""
-        return any(s.final and s.dirty for s in self.sources.values())
+        """until_end: every owned partition is sealed for good, and one waits for its
+        commit (then the run ends as soon as it is written). Partitions that reach their
+        end before the others, such as a labels topic read ahead of the requests, wait for
+        the next periodic checkpoint: a transaction each would only slow the run down."""
+        sources = self.sources.values()
+        return all(s.final for s in sources) and any(s.dirty for s in sources)
 
     @property
     def done(self) -> bool:
