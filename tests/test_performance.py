@@ -216,6 +216,47 @@ def test_pane_sums_are_exact_whatever_the_batching_and_merge_order():
     assert merged.value == whole.value == math.fsum(values)
 
 
+def _msum(partials: list[float], values) -> list[float]:
+    """Shewchuk's msum in plain Python (the recipe behind math.fsum): the reference."""
+    partials = list(partials)
+    for x in values:
+        x = float(x)
+        i = 0
+        for y in partials:
+            if abs(x) < abs(y):
+                x, y = y, x
+            hi = x + y
+            lo = y - (hi - x)
+            if lo:
+                partials[i] = lo
+                i += 1
+            x = hi
+        partials[i:] = [x]
+    return partials
+
+
+def test_exact_sums_keep_the_partials_of_the_python_recipe_to_the_bit():
+    """The compiled ExactSum.add keeps exactly the partials of the Python recipe, batch
+    after batch: huge cancellations, subnormals, mixed signs, lists and arrays, and the
+    non-finite values that make the partials grow."""
+    rng = np.random.default_rng(8)
+    batches = [rng.normal(0, 1e6, 3000) * rng.random(3000) ** 8,
+               np.array([1e308, 1e308, -1e308, 1e-308, 5e-324, -1e16, 1.0, 1e16]),
+               rng.normal(0, 1, 1000) * 10.0 ** rng.integers(-300, 300, 1000),
+               [3, 1e100, -1e100, 0.1, 0.2, -0.3],
+               np.array([np.inf, 1.0, np.nan, -np.inf, 2.0]),
+               rng.random(50)]
+    total, reference = ExactSum(), []
+    for batch in batches:
+        total.add(batch)
+        reference = _msum(reference, batch)
+        assert [v.hex() for v in total.partials] == [v.hex() for v in reference]
+    finite = ExactSum()  # (fsum itself overflows on the 1e308 pair: left out here)
+    for batch in (batches[0], batches[2], batches[3]):
+        finite.add(batch)
+    assert finite.value == math.fsum([*batches[0], *batches[2], *batches[3]])
+
+
 def test_pane_bytes_round_trip_and_merge():
     layout = ScoreLayout.default()
     rng = np.random.default_rng(1)
@@ -564,6 +605,35 @@ def test_floors_fall_with_the_window_size(classifier_baseline):
     for metric in ("accuracy", "roc_auc"):
         sizes = [floors.floor(metric, True, WindowCounts(n)) for n in (200, 2000, 20_000)]
         assert sizes == sorted(sizes, reverse=True)
+
+
+def test_spreads_of_large_windows_match_a_direct_simulation(classifier_baseline):
+    """Past the anchor size the spread (the CIs' standard deviation) is the anchor's,
+    scaled like n_eff^-1/2. Checked against 2,000 null windows drawn directly at each size
+    from the validation histograms (as the floors draw them). Tolerance 12%: the two
+    standard deviations are estimated from 1,000 and 2,000 draws (relative sd ~2.2% and
+    ~1.6%, so ~2.7% for their ratio: 12% is over 4 sd), and the scaling of a smooth
+    statistic's spread is exact to first order."""
+    from streamskew.performance.floors import ASYMPTOTIC_FROM
+    from streamskew.performance.metrics import confusion, rates
+    from streamskew.stats.noise import effective_size
+
+    ref = classifier_baseline.performance
+    floors = PerformanceFloors(ref, 1e-3, "test")
+    joint = np.concatenate([ref.positives, ref.negatives]).astype(float)
+    joint /= joint.sum()
+    rng = np.random.default_rng(11)
+    for n in (3 * ASYMPTOTIC_FROM, 10 * ASYMPTOTIC_FROM):
+        size = round(effective_size(n, ref.count))
+        draws = rng.multinomial(size, joint, size=2000)
+        positives, negatives = draws[:, :ref.bins], draws[:, ref.bins:]
+        values = rates(*confusion(positives, negatives, ref.layout().threshold_bin))
+        values["roc_auc"], _ = binned_auc(positives, negatives)
+        for metric in ("f1", "roc_auc"):
+            direct = float(np.std(values[metric]))
+            spread = floors.spread(metric, False, WindowCounts(n, n // 2, n // 2))
+            assert spread == pytest.approx(direct, rel=0.12), (n, metric)
+    assert {bucket for _, bucket in floors._cache} == {ASYMPTOTIC_FROM}  # one simulation
 
 
 # -- configuration and command line ----------------------------------------------------------

@@ -355,6 +355,96 @@ def test_simple_label_batches_read_as_the_record_reader_reads_them(classifier_ba
     assert feed._simple_labels([orjson.dumps(st.labels[0]), b"not json"], None) is None
 
 
+_DROP = object()
+
+
+def _odd_requests(t0: int) -> list[bytes]:
+    """Requests the join must read exactly as the engine's decoder does, or not at all."""
+    ok = {"request_id": "ok", "timestamp": t0, "model": "default", "features": {},
+          "prediction": 0.5}
+
+    def dump(**change: object) -> bytes:
+        return orjson.dumps({k: v for k, v in {**ok, **change}.items() if v is not _DROP})
+
+    return [
+        b"not json", b"", b"\xff\xfe", b"[1, 2]", b'"a string"', b"3",
+        b'"{\\"request_id\\": \\"in-a-string\\", \\"features\\": {}}"',  # JSON text in a string
+        # NaN: the decoder uses the record (NaN-tolerant parse), strict JSON does not
+        b'{"request_id": "nan", "timestamp": %d, "features": {"a": NaN}, "prediction": 0.5}'
+        % t0,
+        b'{"request_id": "inf", "timestamp": %d, "features": {}, "prediction": Infinity}' % t0,
+        dump(request_id="big", features={"pad": "x" * 5000}),  # over max_bytes
+        dump(request_id="no-features", features=_DROP), dump(features=3),
+        dump(request_id="bad-time", timestamp="yesterday"), dump(timestamp=-5),
+        dump(request_id="iso", timestamp="2025-11-28T10:00:00Z"),
+        dump(request_id="no-time", timestamp=_DROP),  # the Kafka timestamp is its time
+        dump(request_id=123), dump(request_id=12.0), dump(request_id=12.5), dump(request_id=""),
+        dump(request_id=None), dump(request_id=True), dump(request_id=_DROP),
+        dump(request_id="p-text", prediction="0.7"), dump(request_id="p-null", prediction=None),
+        dump(request_id="p-bool", prediction=True), dump(request_id="p-big", prediction=7.5),
+        dump(request_id="m-num", model=7), dump(request_id="m-null", model=None),
+        dump(request_id="m-other", model="other"),
+    ]
+
+
+@pytest.mark.parametrize("variant", ["default", "versions", "flat"])
+def test_requests_picked_from_the_decoders_parse_equal_those_read_from_the_bytes(
+        classifier_baseline, variant):
+    """What the source stage ships of a batch of requests, picked chunk by chunk from the
+    engine decoder's own parse (``PaneBuilder.add(on_parsed=...)``), is byte for byte what
+    ``JoinFeed.requests`` reads from the raw messages: on plain batches, on chunks with
+    unreadable, NaN, oversized and odd messages (they fall back to one parse per message),
+    with the Kafka timestamps standing in for missing times, and for mixed inputs."""
+    import numpy as np
+
+    from streamskew.detector.builder import PaneBuilder
+    from streamskew.performance.shipping import JoinFeed
+
+    raw_config = {**CONFIG, "message": {**CONFIG["message"], "max_bytes": 4096}}
+    if variant == "versions":
+        raw_config["message"]["model_version"] = "version"
+        raw_config["labels"] = {**CONFIG["labels"], "prediction": "scores.p"}
+    if variant == "flat":
+        raw_config["message"]["features"] = ""
+    config = Config.from_dict(raw_config)
+    st = stream(hours=1)
+    requests = [orjson.dumps({**r, "version": i % 3, "scores": {"p": r["prediction"]}})
+                for i, r in enumerate(st.requests[:1700])]
+    odd = _odd_requests(T0)
+    batches = [
+        requests[:1300],  # plain: three chunks, each parsed in one call
+        requests[:600] + odd + requests[600:1200] + odd[::-1],  # odd ones in two chunks
+        odd,
+        requests[1300:1301],
+    ]
+    feed = JoinFeed(config, {"default": classifier_baseline})
+    fields = ("times", "models", "codes", "values", "flags", "sampled_keys")
+    for batch in batches:
+        timestamps = [T0 + 7 * i for i in range(len(batch))]
+        builder = PaneBuilder(config, {"default": classifier_baseline})
+        chunks = feed.request_chunks()
+        builder.add(batch, timestamps=timestamps, on_parsed=chunks)
+        assert chunks.messages == len(batch)
+        picked = feed.chunked_requests(chunks, timestamps)
+        read = feed.requests(batch, timestamps)
+        assert picked.models == read.models
+        for name in fields[2:]:
+            assert np.array_equal(getattr(picked, name), getattr(read, name),
+                                  equal_nan=name == "values"), name
+        assert np.array_equal(picked.times, read.times)
+        assert picked.encode() == read.encode()
+    # of the odd ones, the join keeps some (not the unreadable, NaN or oversized ones)
+    kept = feed.requests(odd, [T0 + 1] * len(odd))
+    assert 0 < len(kept) < len(odd) - 10
+    # mixed input (dicts, text, bytes) goes through the decoder's object path
+    mixed = [orjson.loads(requests[0]), requests[1].decode(), requests[2], *odd]
+    builder = PaneBuilder(config, {"default": classifier_baseline})
+    chunks = feed.request_chunks()
+    builder.add(mixed, timestamps=list(range(len(mixed))), on_parsed=chunks)
+    assert feed.chunked_requests(chunks, list(range(len(mixed)))).encode() == \
+        feed.requests(mixed, list(range(len(mixed)))).encode()
+
+
 # -- replay reads the labels topic too ------------------------------------------------------
 
 

@@ -28,7 +28,7 @@ import orjson
 
 from ..baseline import Baseline
 from ..config import Config
-from ..records import NO_TIME, BadRecord, Columns, Decoder, Reason
+from ..records import NO_TIME, BadRecord, Columns, Decoder, Reason, strict_json
 from .clock import NEVER, ClockStep, SourceClock
 from .models import DEFAULT_MODEL, LATEST, ModelBaselines
 from .pane import BatchValues, EncodedPanes, Pane, fold, fold_rows
@@ -194,13 +194,18 @@ class PaneBuilder:
 
     def add(self, messages: Sequence[bytes | str | Mapping[str, Any]],
             timestamps: Sequence[int] | np.ndarray | None = None,
-            ids: Sequence[int] | np.ndarray | None = None) -> list[SealedPane]:
+            ids: Sequence[int] | np.ndarray | None = None,
+            on_parsed: Callable[[list[Any]], None] | None = None) -> list[SealedPane]:
         """Fold a batch of messages in; returns the panes this batch sealed.
 
         ``timestamps`` (epoch ms, one per message) are the event times of messages without a
         timestamp of their own, e.g. Kafka record timestamps. ``ids`` name the records in
         the source (Kafka offsets, line numbers); rejected records are reported with their
         id as ``position``. Without ids, records are numbered by their running count.
+        ``on_parsed``, if given, is called with the messages as the decoder parsed them, in
+        order and in chunks (see ``Decoder.decode``; one JSON value per message, None where
+        not strict JSON or over ``max_bytes``, a mapping as it is): a label join then reads
+        the messages without parsing them again.
         """
         if not len(messages):
             return []
@@ -210,9 +215,13 @@ class PaneBuilder:
             if self._own_decoder:
                 self.decoder = self._decoder()
         if all(isinstance(m, bytes) for m in messages):
-            columns, bad = self.decoder.decode(messages)  # type: ignore[arg-type]
+            columns, bad = self.decoder.decode(messages, on_parsed)  # type: ignore[arg-type]
         else:
             columns, bad = self.decoder.decode_objects(messages)
+            if on_parsed is not None:  # (not the Kafka path: its messages are bytes)
+                max_bytes = self.decoder.message.max_bytes
+                on_parsed([strict_json(m, max_bytes) if isinstance(m, bytes | str) else m
+                           for m in messages])
         self.stats.records += len(messages)
         fallbacks = np.full(columns.count, NO_TIME, dtype=np.int64)
         if timestamps is not None:

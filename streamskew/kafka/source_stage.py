@@ -184,10 +184,15 @@ class SourceStage:
         else:
             admitted = source.builder.admitted
             source.builder.on_bad_record = source.dead.append
+            # With the join, the builder hands over the messages as it parsed them: the
+            # join's ids, times and predictions are picked from those, not parsed again.
+            chunks = self.join_feed.request_chunks() if self.join_feed is not None else None
             source.panes.extend(source.builder.add(
-                values, timestamps=timestamps, ids=[r.offset for r in records]))
+                values, timestamps=timestamps, ids=[r.offset for r in records],
+                on_parsed=chunks))
             if self.join_feed is not None:
-                source.join.append(self.join_feed.requests(values, timestamps))
+                assert chunks is not None
+                source.join.append(self.join_feed.chunked_requests(chunks, timestamps))
             # Records all turned away (an unknown model, malformed) give the clock no time:
             # a partition of only those must go idle, not hold every other's panes open.
             heard = source.builder.admitted > admitted
@@ -423,8 +428,12 @@ class SourceStage:
 
     @property
     def finishing(self) -> bool:
-        """until_end: a partition was sealed for good and waits for its commit."""
-        return any(s.final and s.dirty for s in self.sources.values())
+        """until_end: every owned partition is sealed for good, and one waits for its
+        commit (then the run ends as soon as it is written). Partitions that reach their
+        end before the others, such as a labels topic read ahead of the requests, wait for
+        the next periodic checkpoint: a transaction each would only slow the run down."""
+        sources = self.sources.values()
+        return all(s.final for s in sources) and any(s.dirty for s in sources)
 
     @property
     def done(self) -> bool:

@@ -16,7 +16,8 @@ All of it follows from what the baseline file stores, deterministically:
   joint score-bin x label histogram for realized metrics, the score histogram for CBPE's),
   and the drop's mean, spread and skew give a Cornish-Fisher quantile (a normal quantile
   corrected for positive skew, never below the normal one). Sizes are simulated on the
-  sqrt(2) grid and interpolated in log-log; past 2^14 the floor scales like ``n_eff^-1/2``;
+  sqrt(2) grid and interpolated in log-log; past 2^14 the floor (and the spread, for the
+  confidence intervals) scales like ``n_eff^-1/2``;
 - **log loss, MAE, RMSE, bias** are means of per-record terms: the Cornish-Fisher quantile
   of a mean of ``n_eff`` terms from the stored moments (mean, variance, skew), no simulation.
 
@@ -110,7 +111,10 @@ class PerformanceFloors:
             if metric == "rmse":  # delta method: d sqrt(m) = dm / (2 sqrt(m))
                 return std / (2 * ref.metrics["rmse"]) if ref.metrics["rmse"] > 0 else math.inf
             return std
-        bucket = size_bucket(max(counts.n, 1))
+        # Past ASYMPTOTIC_FROM the spread scales like n_eff^-1/2 from the anchor, as the
+        # floor does: the floor's simulation serves both (each other size would cost one
+        # more simulation of DRAWS windows, ~0.1 s, per window size met).
+        bucket = min(size_bucket(max(counts.n, 1)), size_bucket(ASYMPTOTIC_FROM))
         _, std, _ = self._stats(estimated, bucket)[metric]
         return std * math.sqrt(effective_size(bucket, ref.count)
                                / effective_size(counts.n, ref.count))

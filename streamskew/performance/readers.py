@@ -36,8 +36,8 @@ from ..config import Config, LabelsConfig
 from ..records import NO_TIME, BadRecord, _get, _path, _to_millis
 from .reference import label_category
 
-__all__ = ["LabelBatch", "LabelReader", "RequestBatch", "RequestReader", "id_keys",
-           "id_text"]
+__all__ = ["LabelBatch", "LabelReader", "RequestBatch", "RequestChunks", "RequestReader",
+           "id_keys", "id_text"]
 
 PARSE_CHUNK = 512
 
@@ -170,6 +170,24 @@ class RequestReader:
         else:
             sizes_ok = [not isinstance(m, bytes | str) or len(m) <= self.max_bytes
                         for m in messages]
+        return self._read(parsed, sizes_ok, timestamps)
+
+    def read_parsed(self, objects: Sequence[Any],
+                    timestamps: Sequence[int] | np.ndarray | None = None) -> RequestBatch:
+        """The same from messages already parsed, one JSON value per message (None for
+        one that is not JSON or is too large: :func:`~streamskew.records.strict_json`);
+        the same batch as :meth:`read` on the messages themselves."""
+        return self._read(objects if isinstance(objects, list) else list(objects), None,
+                          timestamps)
+
+    def chunks(self) -> RequestChunks:
+        """A collector of the chunks the engine's decoder parses (pass it as
+        ``PaneBuilder.add(on_parsed=...)``), read as they come: :meth:`RequestChunks.batch`
+        then equals :meth:`read` on the whole batch, with no second parse."""
+        return RequestChunks(self)
+
+    def _read(self, parsed: list[Any], sizes_ok: list[bool] | None,
+              timestamps: Sequence[int] | np.ndarray | None) -> RequestBatch:
         path = self.features_path
         if sizes_ok is None and len(path) == 1 and set(map(type, parsed)) == {dict} \
                 and set(map(type, map(dict.get, parsed, repeat(path[0])))) == {dict}:
@@ -194,6 +212,36 @@ class RequestReader:
             else [id_text(v) for v in raw_ids]
         return RequestBatch(positions, ids, times, models,
                             _values(objects, self.prediction_path))
+
+
+class RequestChunks:
+    """Reads consecutive chunks of parsed messages (:meth:`RequestReader.chunks`)."""
+
+    def __init__(self, reader: RequestReader) -> None:
+        self.reader = reader
+        self.parts: list[tuple[int, RequestBatch]] = []  # (first message, its batch)
+        self.messages = 0
+
+    def __call__(self, objects: list[Any]) -> None:
+        self.parts.append((self.messages, self.reader.read_parsed(objects)))
+        self.messages += len(objects)
+
+    def batch(self, timestamps: Sequence[int] | np.ndarray | None = None) -> RequestBatch:
+        """The readable requests of all chunks, as :meth:`RequestReader.read` gives them
+        (``timestamps``: one per message of all chunks, as there)."""
+        if len(self.parts) == 1 and timestamps is None:
+            return self.parts[0][1]
+        if not self.parts:
+            return self.reader.read_parsed([])
+        batches = [b for _, b in self.parts]
+        positions = np.concatenate([b.positions + start for start, b in self.parts])
+        times = np.concatenate([b.times for b in batches])
+        if timestamps is not None:  # as _times does: the message's own time first
+            times = np.where(times == NO_TIME,
+                             np.asarray(timestamps, np.int64)[positions], times)
+        return RequestBatch(positions, [i for b in batches for i in b.ids], times,
+                            [m for b in batches for m in b.models],
+                            [p for b in batches for p in b.predictions])
 
 
 @dataclass

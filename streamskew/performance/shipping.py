@@ -44,7 +44,15 @@ from ..config import Config, LabelsConfig
 from ..detector.builder import DEFAULT_MODEL
 from ..records import BadRecord
 from .join import _label_encoder, prediction_values, reference_for
-from .readers import LabelReader, RequestReader, _parse, _times, id_keys
+from .readers import (
+    LabelReader,
+    RequestBatch,
+    RequestChunks,
+    RequestReader,
+    _parse,
+    _times,
+    id_keys,
+)
 from .reference import label_category
 
 __all__ = ["UNSAMPLED", "JoinFeed", "LabelArrays", "RequestArrays"]
@@ -216,7 +224,20 @@ class JoinFeed:
 
     def requests(self, messages: Sequence[bytes | str | Mapping[str, Any]],
                  timestamps: Sequence[int] | np.ndarray | None = None) -> RequestArrays:
-        batch = self.request_reader.read(messages, timestamps)
+        return self._request_arrays(self.request_reader.read(messages, timestamps))
+
+    def request_chunks(self) -> RequestChunks:
+        """Pass it to ``PaneBuilder.add(on_parsed=...)``; then :meth:`chunked_requests`."""
+        return self.request_reader.chunks()
+
+    def chunked_requests(self, chunks: RequestChunks,
+                         timestamps: Sequence[int] | np.ndarray | None = None
+                         ) -> RequestArrays:
+        """:meth:`requests` of the messages the engine's decoder parsed into ``chunks``:
+        the same arrays, without parsing the messages a second time."""
+        return self._request_arrays(chunks.batch(timestamps))
+
+    def _request_arrays(self, batch: RequestBatch) -> RequestArrays:
         n = len(batch.times)
         names = [m if m is not None else DEFAULT_MODEL for m in batch.models]
         models = sorted(set(names))

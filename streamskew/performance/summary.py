@@ -32,6 +32,7 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 import orjson
 
@@ -60,20 +61,16 @@ class ExactSum:
         self.partials: list[float] = list(partials)
 
     def add(self, values: Iterable[float]) -> None:
-        partials = self.partials
-        for x in values:
-            x = float(x)
-            i = 0
-            for y in partials:
-                if abs(x) < abs(y):
-                    x, y = y, x
-                hi = x + y
-                lo = y - (hi - x)
-                if lo:
-                    partials[i] = lo
-                    i += 1
-                x = hi
-            partials[i:] = [x]
+        array = np.asarray(values if isinstance(values, np.ndarray) else list(values),
+                           np.float64).ravel()
+        if not len(array):
+            return
+        # Room for one more partial per value: finite sums keep a few dozen at most, but
+        # each NaN or infinity can add one.
+        partials = np.empty(len(self.partials) + len(array) + 1, np.float64)
+        partials[:len(self.partials)] = self.partials
+        count = _add_partials(partials, len(self.partials), array)
+        self.partials = partials[:count].tolist()
 
     def merge(self, other: ExactSum) -> None:
         self.add(other.partials)
@@ -84,6 +81,28 @@ class ExactSum:
 
     def copy(self) -> ExactSum:
         return ExactSum(self.partials)
+
+
+@numba.njit(cache=True, nogil=True)
+def _add_partials(partials, count, values):  # pragma: no cover (numba)
+    """Shewchuk's ``msum`` (the algorithm of ``math.fsum``) over ``values``, into the first
+    ``count`` of ``partials``; returns the new count. The same IEEE operations in the same
+    order as the Python loop, so the same partials to the bit."""
+    for x in values:
+        i = 0
+        for j in range(count):
+            y = partials[j]
+            if abs(x) < abs(y):
+                x, y = y, x
+            hi = x + y
+            lo = y - (hi - x)
+            if lo != 0.0:  # (NaN counts as non-zero, as in Python)
+                partials[i] = lo
+                i += 1
+            x = hi
+        partials[i] = x
+        count = i + 1
+    return count
 
 
 @dataclass
