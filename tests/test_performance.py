@@ -405,6 +405,18 @@ def test_join_keys_are_the_documented_hash():
     assert 0.0084 < share < 0.0116  # 1% sampling keeps 1% (binomial 5 sigma: +-0.0016)
 
 
+def test_join_keys_of_plain_ascii_batches_are_the_same_hash():
+    """A batch of ASCII ids is hashed from one encoded string (a character is a byte
+    there); any other batch id by id: the keys are the documented hash either way."""
+    from streamskew.performance.readers import id_keys
+
+    ascii_ids = ["r-1", "", "x" * 300, "123", "~\x7f\x00"]
+    assert id_keys(ascii_ids).tolist() == [_fnv_splitmix(i) for i in ascii_ids]
+    mixed = [*ascii_ids, "é"]
+    assert id_keys(mixed).tolist() == [_fnv_splitmix(i) for i in mixed]
+    assert id_keys([]).tolist() == []
+
+
 def _expected_counts(st, sample: float = 1.0) -> dict[str, int]:
     bound = min(int(sample * 2**64), 2**64 - 1)
 

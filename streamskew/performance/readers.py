@@ -62,10 +62,16 @@ def id_keys(ids: Sequence[str]) -> np.ndarray:
     >>> id_keys(["r-1", "r-2"]).tolist()
     [14907855904740433798, 16992279074631424917]
     """
-    encoded = [i.encode() for i in ids]
-    ends = np.cumsum(np.fromiter(map(len, encoded), np.int64, count=len(encoded)))
-    out = np.empty(len(encoded), np.uint64)
-    _hash_ids(np.frombuffer(b"".join(encoded), np.uint8), ends, out)
+    text = "".join(ids)
+    if text.isascii():  # the common case: one encode, and a character is a byte
+        data = text.encode("ascii")
+        lengths = np.fromiter(map(len, ids), np.int64, count=len(ids))
+    else:
+        encoded = [i.encode() for i in ids]
+        data = b"".join(encoded)
+        lengths = np.fromiter(map(len, encoded), np.int64, count=len(encoded))
+    out = np.empty(len(lengths), np.uint64)
+    _hash_ids(np.frombuffer(data, np.uint8), np.cumsum(lengths), out)
     return out
 
 

@@ -239,26 +239,33 @@ class JoinFeed:
 
     def _request_arrays(self, batch: RequestBatch) -> RequestArrays:
         n = len(batch.times)
-        names = [m if m is not None else DEFAULT_MODEL for m in batch.models]
+        names = batch.models if None not in batch.models \
+            else [m if m is not None else DEFAULT_MODEL for m in batch.models]
         models = sorted(set(names))
         values = np.full(n, np.nan)
-        if len(models) == 1:
+        if len(models) == 1:  # the common case: no per-row picking
             codes = np.zeros(n, np.uint16)
-            groups = [(models[0], np.arange(n))]
+            reference = reference_for(self.references, models[0])
+            if reference is not None and n:
+                values = prediction_values(batch.predictions, reference)
         else:
             lookup = {m: i for i, m in enumerate(models)}
             codes = np.fromiter((lookup[m] for m in names), np.uint16, count=n)
-            groups = [(m, np.flatnonzero(codes == i)) for i, m in enumerate(models)]
-        for model, rows in groups:
-            reference = reference_for(self.references, model)
-            if reference is not None and len(rows):
-                values[rows] = prediction_values([batch.predictions[i] for i in rows],
-                                                 reference)
+            for i, model in enumerate(models):
+                rows = np.flatnonzero(codes == i)
+                reference = reference_for(self.references, model)
+                if reference is not None and len(rows):
+                    values[rows] = prediction_values([batch.predictions[r] for r in rows],
+                                                     reference)
         ids = batch.ids
-        has_id = np.fromiter((i is not None for i in ids), bool, count=n)
-        keys = np.full(n, UNSAMPLED, np.uint64)
-        if has_id.any():
-            keys[has_id] = id_keys([i for i in ids if i is not None])
+        if None not in ids:
+            has_id = np.ones(n, bool)
+            keys = id_keys(ids) if n else np.zeros(0, np.uint64)
+        else:
+            has_id = np.fromiter((i is not None for i in ids), bool, count=n)
+            keys = np.full(n, UNSAMPLED, np.uint64)
+            if has_id.any():
+                keys[has_id] = id_keys([i for i in ids if i is not None])
         sampled = has_id & np.isfinite(values) & (keys < self.sample_bound)
         flags = has_id.astype(np.uint8) | (sampled.astype(np.uint8) << 1)
         return RequestArrays(batch.times, models or [DEFAULT_MODEL], codes, values, flags,
@@ -314,5 +321,6 @@ class JoinFeed:
         keys = id_keys(ids)
         sampled = keys < self.sample_bound
         encoded = {v: self.encode_label(v) for v in distinct}
-        values = np.array([encoded[raw[i]] for i in np.flatnonzero(sampled)], np.float64)
+        chosen = raw if sampled.all() else [raw[i] for i in np.flatnonzero(sampled)]
+        values = np.fromiter(map(encoded.__getitem__, chosen), np.float64, count=len(chosen))
         return LabelArrays(times, sampled, keys[sampled], values, {})
