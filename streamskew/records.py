@@ -289,7 +289,7 @@ class Decoder:
         """``objects`` as strict JSON gives them: a chunk parsed in one call is; in any
         other, the unparsable are None and the NaN-tolerant ones are parsed again strictly
         (None), which is rare."""
-        if not any(o is _ABSENT for o in objects) and not self._lenient:
+        if not self._lenient and _ABSENT not in objects:  # (JSON values never equal it)
             return objects
         return [None if o is _ABSENT else strict_json(raw, self.message.max_bytes)
                 for o, raw in zip(objects, chunk, strict=True)]

@@ -197,13 +197,14 @@ class RequestReader:
         path = self.features_path
         if sizes_ok is None and len(path) == 1 and set(map(type, parsed)) == {dict} \
                 and set(map(type, map(dict.get, parsed, repeat(path[0])))) == {dict}:
-            keep = list(range(len(parsed)))  # the common case, checked at C speed
+            objects = parsed  # the common case, checked at C speed
+            positions = np.arange(len(parsed), dtype=np.int64)
         else:
             keep = [i for i, obj in enumerate(parsed)
                     if (sizes_ok is None or sizes_ok[i]) and isinstance(obj, dict)
                     and (not path or isinstance(_get(obj, path), dict))]
-        objects = parsed if len(keep) == len(parsed) else [parsed[i] for i in keep]
-        positions = np.asarray(keep, np.int64)
+            objects = parsed if len(keep) == len(parsed) else [parsed[i] for i in keep]
+            positions = np.asarray(keep, np.int64)
         fallback = None if timestamps is None else np.asarray(timestamps, np.int64)[positions]
         times, bad_time = _times(_values(objects, self.time_path), fallback)
         if bad_time.any():  # the engine dead-letters these as bad_timestamp
