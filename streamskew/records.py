@@ -104,7 +104,7 @@ class BadRecord:
 
 
 NO_TIME = np.iinfo(np.int64).min  # marks "no event time in the message"
-PARSE_CHUNK = 512  # messages per orjson call (and per pass over the parsed dicts)
+PARSE_CHUNK = 512  # messages per parse pass (and per pass over the parsed dicts)
 MAX_NEW_KEYS = 64  # unknown keys counted per chunk (the most frequent; panes keep as many)
 
 
@@ -272,21 +272,19 @@ class Decoder:
         return self._columns(parsed, raws, bad)
 
     def _parse(self, chunk: Sequence[bytes], bad: list[BadRecord]) -> list[Any]:
-        # One orjson call for the chunk joined into a JSON array costs less than one call per
-        # message; a chunk with any problem, or with a message that is not exactly one JSON
-        # value, falls back to one call per message.
+        # orjson mapped over the chunk (a C loop); a chunk with any problem falls back to one
+        # checked call per message. Each message is parsed on its own: joined into one JSON
+        # array, messages such as `1,2` and `[3` could line up into a valid array and hand
+        # values to the wrong messages.
         if max(map(len, chunk)) <= self.message.max_bytes:
             try:
-                parsed = orjson.loads(b"[" + b",".join(chunk) + b"]")
+                return list(map(orjson.loads, chunk))
             except orjson.JSONDecodeError:
                 pass
-            else:
-                if len(parsed) == len(chunk):
-                    return parsed  # type: ignore[no-any-return]
         return [self._parse_one(i, raw, bad) for i, raw in enumerate(chunk)]
 
     def _strict(self, objects: list[Any], chunk: Sequence[bytes]) -> list[Any]:
-        """``objects`` as strict JSON gives them: a chunk parsed in one call is; in any
+        """``objects`` as strict JSON gives them: a chunk parsed by the fast path is; in any
         other, the unparsable are None and the NaN-tolerant ones are parsed again strictly
         (None), which is rare."""
         if not self._lenient and _ABSENT not in objects:  # (JSON values never equal it)

@@ -463,6 +463,26 @@ def test_labels_before_their_requests_still_join(classifier_baseline):
         expected["matched"], expected["duplicate"], expected["without_request"])
 
 
+def test_label_fragments_are_bad_and_lend_nothing_to_their_neighbours(classifier_baseline):
+    """Fragments of JSON such as `{..},{..}` and `[{..` are each a bad label, however they
+    line up in a batch (joined into one array they would parse and shift the labels)."""
+    st = stream(hours=2)
+    raw = [orjson.dumps(label) for label in st.labels]
+    fragments = [raw[0] + b"," + raw[1], b"[" + raw[2], raw[3] + b"]"]
+
+    def counts(labels):
+        detector = Detector(_config(), classifier_baseline)
+        detector.process(st.requests)
+        detector.process_labels(labels)
+        detector.flush()
+        return detector.stats.labels
+
+    clean, mixed = counts(raw), counts(raw[:10] + fragments + raw[10:])
+    assert sum(mixed.bad_labels.values()) == 3
+    assert (mixed.matched, mixed.duplicate, mixed.without_request) == (
+        clean.matched, clean.duplicate, clean.without_request)
+
+
 def test_detect_files_with_labels(tmp_path, classifier_baseline):
     st = stream(hours=3, bug_from=1.5, late_share=0.03, duplicate_share=0.02,
                 unlabelled_share=0.05, orphans=40)

@@ -102,6 +102,25 @@ def test_a_batch_spanning_several_parse_chunks_equals_its_messages_one_by_one():
         kept.index(PARSE_CHUNK + 5)]
 
 
+def test_messages_that_are_fragments_of_json_never_lend_values_to_their_neighbours():
+    """Fragments such as `{...},{...}` and `[{...` are each invalid, but joined by commas
+    they can form a valid array of as many values as messages. Each message is parsed on its
+    own: the fragments are bad records, and the good messages keep their own values."""
+    fragments = [
+        orjson.dumps({"timestamp": 1, "features": {"amount": 1.0}}) + b","
+        + orjson.dumps({"timestamp": 2, "features": {"amount": 2.0}}),
+        b"[" + orjson.dumps({"timestamp": 3, "features": {"amount": 3.0}}),
+        orjson.dumps({"timestamp": 4, "features": {"amount": 4.0}}) + b"]",
+    ]
+    batch = [good(0), *fragments, good(1)]
+    columns, bad = Decoder(MessageConfig(), SCHEMA).decode(batch)
+    assert [b.position for b in bad] == [1, 2, 3]
+    assert {b.reason for b in bad} == {Reason.INVALID_JSON}
+    assert columns.positions.tolist() == [0, 4]
+    expected = [orjson.loads(good(i))["features"]["amount"] for i in (0, 1)]
+    assert columns.numeric["amount"].tolist() == expected
+
+
 def test_columns_values_missing_and_types():
     decoder = Decoder(MessageConfig(), SCHEMA)
     columns, bad = decoder.decode([
