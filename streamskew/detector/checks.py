@@ -51,7 +51,6 @@ budget for.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -64,7 +63,14 @@ from ..sketch.categorical import CategoricalSummary
 from ..sketch.joint import JointSummary
 from ..sketch.numeric import NumericSummary
 from ..stats.distances import NOISE_SHAPE, distance
-from ..stats.noise import NoiseFloors, dkw_floor, max_deviation_floor, rate_floor, two_sample_size
+from ..stats.noise import (
+    NoiseFloors,
+    SharedFloors,
+    dkw_floor,
+    max_deviation_floor,
+    rate_floor,
+    two_sample_size,
+)
 from ..stats.surge import surge
 from .window import Pane
 
@@ -78,29 +84,20 @@ SURGE_CHECK = "surge"
 VERSION_SHIFT_CHECK = "version_shift"
 
 
-# Noise floors depend only on the baseline feature and alpha, and simulating them is the
-# costly part of a cold start: models that share a baseline (many models judged against one
-# default baseline, or replicas of one model) share its floors. Bounded, least recent out.
-_SHARED_FLOORS: OrderedDict[tuple[str, str, float], NoiseFloors] = OrderedDict()
-_SHARED_FLOORS_MAX = 4096
+# Noise floors depend only on the baseline feature and alpha (SharedFloors says why they
+# are shared).
+_SHARED_FLOORS: SharedFloors[NoiseFloors] = SharedFloors()
 
 
 def shared_floors(baseline: Baseline, name: str, alpha: float) -> NoiseFloors:
     """The noise floors of one baseline feature, simulated once per process."""
-    key = (baseline.id, name, alpha)
-    floors = _SHARED_FLOORS.get(key)
-    if floors is not None:
-        _SHARED_FLOORS.move_to_end(key)
-        return floors
-    feature = baseline.monitored[name]
-    options: dict[str, Any] = {}
-    if isinstance(feature, NumericBaseline):
-        options = {"points": feature.points, "scale": feature.std or 1.0}
-    floors = NoiseFloors(feature.bin_counts, alpha, f"{baseline.id}|{name}", **options)
-    _SHARED_FLOORS[key] = floors
-    if len(_SHARED_FLOORS) > _SHARED_FLOORS_MAX:
-        _SHARED_FLOORS.popitem(last=False)
-    return floors
+    def build() -> NoiseFloors:
+        feature = baseline.monitored[name]
+        options: dict[str, Any] = {}
+        if isinstance(feature, NumericBaseline):
+            options = {"points": feature.points, "scale": feature.std or 1.0}
+        return NoiseFloors(feature.bin_counts, alpha, f"{baseline.id}|{name}", **options)
+    return _SHARED_FLOORS.get((baseline.id, name, alpha), build)
 
 
 @dataclass(frozen=True)
@@ -386,20 +383,13 @@ class Judge:
 
 # Two-sample floors (version_shift): the baseline's bin probabilities against an exact
 # reference, evaluated at the two windows' effective size. Shared like the others.
-_TWO_SAMPLE_FLOORS: OrderedDict[tuple[str, str, float], NoiseFloors] = OrderedDict()
+_TWO_SAMPLE_FLOORS: SharedFloors[NoiseFloors] = SharedFloors()
 
 
 def _two_sample_floors(baseline: Baseline, name: str, alpha: float) -> NoiseFloors:
-    key = (baseline.id, name, alpha)
-    floors = _TWO_SAMPLE_FLOORS.get(key)
-    if floors is None:
-        feature = baseline.monitored[name]
-        floors = _TWO_SAMPLE_FLOORS[key] = NoiseFloors(
-            feature.bin_counts, alpha, f"{baseline.id}|{name}|two-sample",
-            reference_noise=False)
-        if len(_TWO_SAMPLE_FLOORS) > _SHARED_FLOORS_MAX:
-            _TWO_SAMPLE_FLOORS.popitem(last=False)
-    return floors
+    return _TWO_SAMPLE_FLOORS.get((baseline.id, name, alpha), lambda: NoiseFloors(
+        baseline.monitored[name].bin_counts, alpha, f"{baseline.id}|{name}|two-sample",
+        reference_noise=False))
 
 
 def version_shift(judge: Judge, reference: Pane, other: Pane) -> Iterator[CheckResult]:

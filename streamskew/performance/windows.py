@@ -37,6 +37,7 @@ from ..config import Config, LabelsConfig, parse_duration
 from ..detector.builder import WHOLE_INPUT, baseline_for
 from ..detector.events import SkewEvent
 from ..detector.hysteresis import Hysteresis
+from ..stats.noise import SharedFloors
 from .cbpe import expected_metrics
 from .floors import PerformanceFloors, WindowCounts
 from .join import LABELS, NONE_YET, REQUESTS, SealedPerformance
@@ -95,6 +96,10 @@ class PerformanceWindow:
     extra: Mapping[str, float] = field(default_factory=dict)  # roc_auc_bound
 
 
+# Simulated once per process (SharedFloors says why).
+_SHARED_FLOORS: SharedFloors[PerformanceFloors] = SharedFloors()
+
+
 class _ModelState:
     def __init__(self, model: str, baseline: Baseline, config: Config) -> None:
         self.model = model
@@ -102,8 +107,10 @@ class _ModelState:
         reference = baseline.performance
         assert reference is not None
         self.reference: ReferencePerformance = reference
-        self.floors = PerformanceFloors(reference, config.detect.alpha,
-                                        f"{baseline.id}|{model}")
+        key = f"{baseline.id}|{model}"
+        alpha = config.detect.alpha
+        self.floors = _SHARED_FLOORS.get(
+            (key, alpha), lambda: PerformanceFloors(reference, alpha, key))
         self.pending: dict[str, dict[int, PerformancePane]] = {REQUESTS: {}, LABELS: {}}
         self.windows: dict[str, deque[PerformancePane]] = {REQUESTS: deque(), LABELS: deque()}
         self.hysteresis: dict[tuple[str, str], Hysteresis] = {}

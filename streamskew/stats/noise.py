@@ -45,16 +45,19 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from functools import lru_cache
 from statistics import NormalDist
+from typing import Generic, TypeVar
 
 import numba
 import numpy as np
 
 from .distances import NOISE_SHAPE, distance
 
-__all__ = ["NoiseFloors", "chi2_quantile", "dkw_floor", "effective_size", "max_deviation_floor",
-           "next_bucket", "rate_floor", "size_bucket", "two_sample_size"]
+__all__ = ["NoiseFloors", "SharedFloors", "chi2_quantile", "dkw_floor", "effective_size",
+           "max_deviation_floor", "next_bucket", "rate_floor", "size_bucket", "two_sample_size"]
 
 ASYMPTOTIC_FROM = 2**14  # window size from which floors scale instead of being simulated
 DRAWS = 1000  # the fit needs only a mean and a variance: seed-to-seed spread of a floor 0.5-1.4%
@@ -116,6 +119,37 @@ def chi2_quantile(nu: float, alpha: float) -> float:
     z = NormalDist().inv_cdf(1 - alpha)
     h = 2 / (9 * nu)
     return nu * max(1 - h + z * math.sqrt(h), 0.0) ** 3
+
+
+Floors = TypeVar("Floors")
+
+
+class SharedFloors(Generic[Floors]):
+    """Floors built once per process and shared by every monitor that asks with the same key.
+
+    Simulating floors is the costly part of a cold start, and they depend only on what the
+    key names (a baseline id, a feature or model, alpha): models that share a baseline, and
+    services started one after another in one process, share them. Bounded, least recently
+    used out.
+
+    >>> shared = SharedFloors(max_size=2)
+    >>> shared.get("a", lambda: [1]) is shared.get("a", lambda: [2])
+    True
+    """
+
+    def __init__(self, max_size: int = 4096) -> None:
+        self.max_size = max_size
+        self._built: OrderedDict[Hashable, Floors] = OrderedDict()
+
+    def get(self, key: Hashable, build: Callable[[], Floors]) -> Floors:
+        floors = self._built.get(key)
+        if floors is not None:
+            self._built.move_to_end(key)
+            return floors
+        floors = self._built[key] = build()
+        if len(self._built) > self.max_size:
+            self._built.popitem(last=False)
+        return floors
 
 
 class NoiseFloors:
