@@ -146,15 +146,21 @@ def event_ids(events: Iterable) -> list[str]:
     return sorted(e.event_id if hasattr(e, "event_id") else e["event_id"] for e in events)
 
 
+def config_file(tmp_path: Path, baseline: Baseline, sections: str) -> Path:
+    """``tmp_path/streamskew.toml`` with ``sections`` under ``baseline = "baseline.json"``
+    (``baseline`` saved beside it), for the CLI."""
+    baseline.save(tmp_path / "baseline.json")
+    toml = tmp_path / "streamskew.toml"
+    toml.write_text('baseline = "baseline.json"\n' + sections)
+    return toml
+
+
 def write_config(tmp_path, bootstrap: str, topic: str, config: Config, baseline: Baseline,
                  extra_kafka: str = "") -> Path:
     """The TOML file (and baseline file) of ``config`` as service_config builds it, for the
     CLI; ``extra_kafka`` lines go at the end of the [kafka] section."""
-    baseline.save(tmp_path / "baseline.json")
     k = config.kafka
-    toml = tmp_path / "streamskew.toml"
-    toml.write_text(f'''baseline = "baseline.json"
-[window]
+    return config_file(tmp_path, baseline, f'''[window]
 size = "4m"
 pane = "1m"
 allowed_lateness = "2s"
@@ -169,7 +175,6 @@ dlq_topic = "{k.dlq_topic}"
 panes_topic = "{k.panes_topic}"
 state_topic = "{k.state_topic}"
 {extra_kafka}''')
-    return toml
 
 
 def committed_offsets(admin: KafkaAdminClient, group: str, topic: str) -> dict[TopicPartition, int]:

@@ -29,6 +29,7 @@ from streamskew.kafka.workers import run_workers
 
 from .kafka_helpers import (
     KEEP,
+    config_file,
     create_topic,
     event_ids,
     produce,
@@ -211,27 +212,8 @@ def test_kill_9_with_labels_pending_then_the_same_events_once(kafka_bootstrap,
     st, requests, labels = bug
     group = unique("crash")
     config = _labels_config(kafka_bootstrap, requests, labels, group)
-    classifier_baseline.save(tmp_path / "baseline.json")
-    toml = tmp_path / "streamskew.toml"
-    toml.write_text(f'''baseline = "baseline.json"
-[message]
-model = "model"
-[window]
-size = "30m"
-pane = "10m"
-allowed_lateness = "30s"
-[detect]
-min_count = 200
-[labels]
-topic = "{labels}"
-max_delay = "1h"
-min_labels = 200
-[kafka]
-bootstrap_servers = "{kafka_bootstrap}"
-topics = ["{requests}"]
-group_id = "{group}"
-transaction_timeout_ms = 10000
-''')
+    toml = _toml(tmp_path, kafka_bootstrap, config, classifier_baseline,
+                 extra_kafka="transaction_timeout_ms = 10000")
     process = subprocess.Popen([sys.executable, "-m", "streamskew.cli", "run", "--config",
                                 str(toml), "--checkpoint-interval", "200ms"],
                                stderr=subprocess.DEVNULL)
@@ -448,13 +430,11 @@ def test_requests_picked_from_the_decoders_parse_equal_those_read_from_the_bytes
 # -- replay reads the labels topic too ------------------------------------------------------
 
 
-def _toml(tmp_path, bootstrap: str, config: Config, baseline) -> str:
-    """The CLI's config file for ``config`` (CONFIG of tests/performance_data.py on Kafka)."""
-    baseline.save(tmp_path / "baseline.json")
+def _toml(tmp_path, bootstrap: str, config: Config, baseline, extra_kafka: str = "") -> str:
+    """The CLI's config file for ``config`` (CONFIG of tests/performance_data.py on Kafka);
+    ``extra_kafka`` lines go at the end of the [kafka] section."""
     k = config.kafka
-    toml = tmp_path / "streamskew.toml"
-    toml.write_text(f'''baseline = "baseline.json"
-[message]
+    return str(config_file(tmp_path, baseline, f'''[message]
 model = "model"
 [window]
 size = "30m"
@@ -470,8 +450,7 @@ min_labels = 200
 bootstrap_servers = "{bootstrap}"
 topics = ["{k.topics[0]}"]
 group_id = "{k.group_id}"
-''')
-    return str(toml)
+{extra_kafka}'''))
 
 
 def test_replay_over_requests_and_labels_equals_the_live_run(kafka_bootstrap,

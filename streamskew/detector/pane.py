@@ -226,14 +226,14 @@ class Pane:
         self.densify()
         values.fold_into(self.summaries, rederived=rederived)
 
-    def merge(self, other: Pane, rederived: bool = False) -> None:
-        """Add ``other`` (same baseline) into this pane. ``rederived``: this is an aggregate
-        whose moments and heavy hitters are re-derived from its panes next
-        (:meth:`set_moments`), so merging need not compute them."""
-        self.merge_all([other], rederived)
+    def merge(self, other: Pane) -> None:
+        """Add ``other`` (same baseline) into this pane."""
+        self.merge_all([other])
 
     def merge_all(self, panes: list[Pane], rederived: bool = False) -> None:
-        """Add ``panes`` into this one; the values of the sparse ones are folded together."""
+        """Add ``panes`` into this one; the values of the sparse ones are folded together.
+        ``rederived``: this is an aggregate whose moments and heavy hitters are re-derived
+        from its panes next (:meth:`set_moments`), so merging need not compute them."""
         kept = []
         for other in panes:
             self._count(other, 1)

@@ -126,10 +126,6 @@ class SlidingWindow:
         return found
 
     @property
-    def first_index(self) -> int:
-        return self.panes[0].index if self.panes else self._aggregate.index
-
-    @property
     def has_records(self) -> bool:
         return self.records > 0
 
