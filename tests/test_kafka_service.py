@@ -12,7 +12,7 @@ import threading
 import orjson
 import pytest
 from click.testing import CliRunner
-from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
 from streamskew import Detector
@@ -375,3 +375,41 @@ def test_a_topic_pattern_takes_in_topics_created_later_but_never_its_own(kafka_b
     assert service.stats.builders.bad_total == 0 and service.stats.dead_letters == 0
     assert service.stats.builders.records >= len(first_messages) + len(later_messages)
 
+
+def test_a_partition_of_only_unknown_models_goes_idle_instead_of_holding_every_pane(
+        kafka_bootstrap, baseline):
+    """Partition 1 carries nothing but records of a model without a baseline, arriving all
+    the time: they are turned away before the clock, so that partition has no event time.
+    It must count as idle (no admitted record for idle_timeout_s, read to the end of its
+    log after its polls if seldom at a heartbeat), or its missing watermark would hold every
+    pane of the deployment open for as long as the junk keeps coming."""
+    topic = unique("unknown-only")
+    create_topic(kafka_bootstrap, topic, partitions=2)
+    produce(kafka_bootstrap, topic, skewed_stream(minutes=6), partitions=1)  # partition 0
+    config = service_config(kafka_bootstrap, topic, unique("unknown-only-group"))
+    windows: list = []
+    service = DetectorService(config, {"fraud": baseline}, idle_timeout_s=2.0,
+                              on_window=windows.append)
+    stop = threading.Event()
+    thread = threading.Thread(target=service.run, args=(stop,))
+    thread.start()
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=5)
+    junk = orjson.dumps({"timestamp": START, "model": "spam",
+                         "features": {"amount": 1.0, "country": "DE"}})
+    try:
+        def feed_junk_and_check() -> bool:
+            assert thread.is_alive(), "the service stopped"
+            for _ in range(3):  # every 0.5 s: far more often than idle_timeout_s
+                producer.send(topic, value=junk, partition=1)
+            producer.flush()
+            return bool(windows)
+
+        wait_until(feed_junk_and_check, 90, lambda: "no window was judged: partition 1 "
+                   "held the watermark", every_s=0.5)
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+        producer.close()
+    assert not thread.is_alive()
+    assert windows[0].model == "fraud"
+    assert service.stats.builders.bad.get("unknown_model", 0) > 0

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -113,7 +114,8 @@ class _Source:
         self.final = final
         self.position: int | None = None
         self.dirty = False  # a new position or state to checkpoint
-        self.last_record = now
+        self.last_record = now  # when a record last reached the clock
+        self.at_end = -math.inf  # when its position was last seen at the end of its log
         self.sent: tuple[int, bool, bool] | None = None  # last heartbeat: watermark, idle, final
         self.reported_late = 0
         self.panes: list[SealedPane] = []  # sealed, not committed yet
@@ -198,6 +200,7 @@ class SourceStage:
             heard = source.builder.admitted > admitted
         if heard:
             source.last_record = self.clock()
+        self._note_end(source)
 
     def _feed_labels(self, source: _Source, records: list[Any], values: list[bytes],
                      timestamps: list[int]) -> None:
@@ -349,18 +352,26 @@ class SourceStage:
                                                 payload=bundle).encode())
 
     def _heartbeat(self, source: _Source, now: float) -> tuple[int, bool, bool]:
+        """Idle: no record reached the clock for idle_timeout_s, and the partition was read
+        to the end of its log within that time. A silent partition is at the end at every
+        heartbeat; one that receives only turned-away records (an unknown model, malformed)
+        all the time is at the end after most polls, if seldom at the moment of a
+        heartbeat; one with a backlog to read is not, so a record in the backlog is never
+        left behind by the others' clock."""
+        self._note_end(source)
         idle = (not self.until_end and now - source.last_record > self.idle_timeout_s
-                and self._caught_up(source))
+                and now - source.at_end <= self.idle_timeout_s)
         return source.watermark, idle, source.final
 
-    def _caught_up(self, source: _Source) -> bool:
+    def _note_end(self, source: _Source) -> None:
         assert self.consumer is not None
         try:
             highwater = self.consumer.highwater(source.tp)
         except (AssertionError, KeyError):
-            return False
-        return highwater is not None and source.position is not None \
-            and source.position >= highwater
+            return
+        if highwater is not None and source.position is not None \
+                and source.position >= highwater:
+            source.at_end = self.clock()
 
     def report(self) -> None:
         """Lag, watermark and late records per owned partition, for the metrics."""
