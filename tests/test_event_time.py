@@ -23,7 +23,7 @@ from streamskew import Baseline, Config, Detector
 from streamskew.detector import Evaluator, SourceCoordinator
 from streamskew.detector.builder import fold
 from streamskew.detector.window import Pane
-from streamskew.records import Decoder, Reason
+from streamskew.records import NO_TIME, Decoder, Reason
 
 PANE_MS = 1000
 START = 1_700_000_000_000
@@ -297,6 +297,26 @@ def test_idle_and_finished_sources(baseline):
     sources.finish("a")
     assert sources.done  # every source finished: everything judged
     assert not any(s.pending for s in sources.evaluator.models.values())
+
+
+def test_when_every_source_is_idle_the_clock_is_the_furthest_of_them(baseline):
+    """b never gives the clock a time (say, only records of an unknown model) and holds it
+    back; a and b then go idle together. The clock becomes a's watermark, so a's complete
+    panes are judged instead of waiting for traffic. When b speaks again it holds the
+    clock from its own time, and the panes judged stay judged."""
+    sources = SourceCoordinator(make_config(), {"default": baseline})
+    sources.expect(["a", "b"])
+    sources.add("a", [message(START + i * 20, 0.1) for i in range(600)])
+    ahead = sources.builders["a"].watermark
+    sources.heartbeat("a", ahead, idle=True)
+    assert sources.evaluator.closed_through is None  # b has not reported: it holds the clock
+    sources.heartbeat("b", NO_TIME, idle=True)
+    assert sources.watermark == ahead
+    closed = sources.evaluator.closed_through
+    assert closed is not None and closed == ahead // PANE_MS - 1
+    sources.add("b", [message(START + 100, 0.1)])
+    assert sources.watermark == sources.builders["b"].watermark < ahead
+    assert sources.evaluator.closed_through == closed
 
 
 def test_restore_from_a_snapshot_mid_window_continues_identically(baseline):

@@ -44,6 +44,7 @@ from streamskew.performance.floors import PerformanceFloors, WindowCounts
 from streamskew.performance.metrics import binned_auc
 from streamskew.performance.summary import ExactSum, ScoreLayout
 from streamskew.performance.table import HashTable
+from streamskew.records import NO_TIME
 
 from .performance_data import (
     CONFIG,
@@ -481,6 +482,24 @@ def test_label_fragments_are_bad_and_lend_nothing_to_their_neighbours(classifier
     assert sum(mixed.bad_labels.values()) == 3
     assert (mixed.matched, mixed.duplicate, mixed.without_request) == (
         clean.matched, clean.duplicate, clean.without_request)
+
+
+def test_when_every_label_source_is_idle_the_label_clock_is_the_furthest(classifier_baseline):
+    """As the engine's clock: a labels partition that never gave a time and one that did go
+    idle together, and the label watermark becomes the latter's, so performance windows
+    can become final while no label arrives."""
+    st = stream(hours=2)
+    join = PerformanceMonitor(_config(), {"default": classifier_baseline}).join
+    join.expect(label_sources=["labels/0", "labels/1"])
+    join.add_labels(st.labels, source="labels/0")
+    ahead = join.label_clocks["labels/0"].watermark
+    assert ahead != NO_TIME
+    join.set_idle("labels/0", labels=True)
+    assert join.label_watermark == NO_TIME  # labels/1 has not reported: it holds the clock
+    join.set_idle("labels/1", labels=True)
+    assert join.label_watermark == ahead
+    join.add_labels(st.labels[:1], source="labels/1")
+    assert join.label_watermark == join.label_clocks["labels/1"].watermark
 
 
 def test_detect_files_with_labels(tmp_path, classifier_baseline):

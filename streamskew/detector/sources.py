@@ -18,6 +18,9 @@ The rules, for both kinds:
   holds the clock back, as does one whose watermark is still unknown;
 - an idle source (say, a partition that is caught up and silent) stops holding it back
   until it reports again; a finished source can add nothing more;
+- when every source left is idle, the clock is the furthest of their watermarks (as
+  Flink's watermark valve does when all its inputs are idle): the panes that the leading
+  source completed are judged, not held until one of them speaks again;
 - when every source has finished, the input has ended: every pending pane is judged.
 
 Nothing here reads a wall clock: what is idle is decided by whoever feeds the coordinator
@@ -173,7 +176,9 @@ class SourceCoordinator:
     def watermark(self) -> int:
         """Event time up to which every source holding the clock is complete."""
         holding = [m.watermark for m in self.marks.values() if m.holds_clock]
-        return min(holding) if holding else NO_TIME
+        if holding:
+            return min(holding)
+        return max((m.watermark for m in self.marks.values() if m.idle), default=NO_TIME)
 
     def _pane(self, sealed: SealedPane) -> None:
         self.evaluator.add_pane(sealed.model, sealed.index, sealed.pane)
@@ -185,7 +190,7 @@ class SourceCoordinator:
             self.done = True
             return self.evaluator.flush()
         watermark = self.watermark
-        if watermark == NO_TIME:  # someone holding the clock has not reported, or all idle
+        if watermark == NO_TIME:  # someone holding the clock has not reported yet
             return []
         return self.evaluator.advance(watermark)
 

@@ -280,7 +280,11 @@ class LabelJoin:
                    if not (m.idle or m.final) and s in clocks]
         if any(not (m.idle or m.final) and s not in clocks for s, m in marks.items()):
             return NO_TIME  # announced but never reported
-        return min(holding) if holding else NO_TIME
+        if holding:
+            return min(holding)
+        # Every source left is idle: the furthest of them, as the engine's clock does.
+        return max((clocks[s].watermark for s, m in marks.items() if m.idle and s in clocks),
+                   default=NO_TIME)
 
     @property
     def request_watermark(self) -> int:
