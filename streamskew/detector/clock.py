@@ -33,6 +33,7 @@ a vectorized function of it, so a batch costs a few numpy passes.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numba
@@ -40,7 +41,7 @@ import numpy as np
 
 from ..records import NO_TIME
 
-__all__ = ["ClockStep", "SourceClock"]
+__all__ = ["ClockStep", "SourceClock", "combined_watermark"]
 
 NEVER = np.iinfo(np.int64).max  # "not released in this batch"
 
@@ -93,6 +94,20 @@ def _stream_times(times, ring, ordered, state, quorum, out):
     state[0] = count
     state[1] = slot
     state[2] = stream
+
+
+def combined_watermark(holding: Sequence[int], idle: Iterable[int]) -> int:
+    """The clock of several sources: the smallest watermark of those holding it (neither idle
+    nor finished; NO_TIME for one that has not reported). When every source left is idle,
+    the furthest of their watermarks, as Flink's watermark valve does when all its inputs
+    are idle: what the leading source completed is judged, not held until one speaks again.
+
+    >>> combined_watermark([300, 200], [900]), combined_watermark([], [100, 900])
+    (200, 900)
+    """
+    if holding:
+        return min(holding)
+    return max(idle, default=NO_TIME)
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,7 @@ from ..baseline import Baseline
 from ..config import Config
 from ..records import NO_TIME, BadRecord
 from .builder import BuilderStats, PaneBuilder, SealedPane
+from .clock import combined_watermark
 from .evaluator import Evaluator, WindowResult
 from .events import SkewEvent
 from .window import Pane
@@ -175,10 +176,9 @@ class SourceCoordinator:
     @property
     def watermark(self) -> int:
         """Event time up to which every source holding the clock is complete."""
-        holding = [m.watermark for m in self.marks.values() if m.holds_clock]
-        if holding:
-            return min(holding)
-        return max((m.watermark for m in self.marks.values() if m.idle), default=NO_TIME)
+        marks = self.marks.values()
+        return combined_watermark([m.watermark for m in marks if m.holds_clock],
+                                  (m.watermark for m in marks if m.idle))
 
     def _pane(self, sealed: SealedPane) -> None:
         self.evaluator.add_pane(sealed.model, sealed.index, sealed.pane)

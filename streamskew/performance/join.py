@@ -57,7 +57,7 @@ import orjson
 
 from ..config import Config, LabelsConfig, parse_duration
 from ..detector.builder import DEFAULT_MODEL, WHOLE_INPUT
-from ..detector.clock import SourceClock
+from ..detector.clock import SourceClock, combined_watermark
 from ..records import NO_TIME, BadRecord
 from .readers import LabelReader, RequestReader, id_keys
 from .reference import ReferencePerformance, label_category
@@ -280,11 +280,8 @@ class LabelJoin:
                    if not (m.idle or m.final) and s in clocks]
         if any(not (m.idle or m.final) and s not in clocks for s, m in marks.items()):
             return NO_TIME  # announced but never reported
-        if holding:
-            return min(holding)
-        # Every source left is idle: the furthest of them, as the engine's clock does.
-        return max((clocks[s].watermark for s, m in marks.items() if m.idle and s in clocks),
-                   default=NO_TIME)
+        return combined_watermark(holding, (clocks[s].watermark for s, m in marks.items()
+                                            if m.idle and s in clocks))
 
     @property
     def request_watermark(self) -> int:
