@@ -220,3 +220,55 @@ def test_encoded_panes_follow_every_change(baseline):
         (text,) = encoder.texts([pane])
         assert text != before[0]
         assert_same(Pane.from_bytes(b64decode(text), baseline), pane.copy())
+
+
+def test_a_small_panes_categories_are_coded_once_for_every_window_holding_it(baseline,
+                                                                           monkeypatch):
+    """Every window (and finer scale) holding a small pane folds its values again; their
+    category codes are kept with the pane's values, so each value is looked up once. The
+    aggregates stay those of dense panes (the test above)."""
+    from streamskew.sketch.categorical import CategoricalLayout
+
+    looked_up = []
+    codes = CategoricalLayout.codes
+    monkeypatch.setattr(CategoricalLayout, "codes",
+                        lambda self, values: looked_up.append(len(values)) or codes(self, values))
+    rng = np.random.default_rng(11)
+    window = SlidingWindow(5, baseline, scales=(2,))
+    folded = 0
+    for index in range(20):
+        pane = Pane.sparse(index, baseline)
+        columns = _columns(rng, 20)
+        fold(pane, columns, baseline)
+        folded += columns.count
+        window.push(pane)
+        window.aggregate  # noqa: B018 (judged at every slide)
+        window.scale(2)
+    assert sum(looked_up) == folded  # 5 windows and 2 scales read each pane, coded once
+
+
+def test_categories_coded_for_one_baseline_are_coded_again_for_another(baseline):
+    """Codes are slots of one baseline's vocabulary: values coded for one are looked up
+    again when folded for a baseline with another vocabulary, never reused."""
+    from streamskew.detector.pane import PaneValues
+
+    rng = np.random.default_rng(2)
+    n = 5000
+    other = Baseline.from_columns({
+        "a": rng.normal(50, 10, n).tolist(), "b": rng.normal(50, 10, n).tolist(),
+        "c": rng.gamma(2.0, 3.0, n).tolist(), "kind": rng.choice(["new1", "y"], n).tolist()})
+    assert other.categorical_names == baseline.categorical_names
+    assert other.numeric_names == baseline.numeric_names
+    pane = Pane.sparse(0, baseline)
+    columns = _columns(rng, 50)
+    fold(pane, columns, baseline)
+    assert pane.values is not None
+    pane.values.fold_into(Pane.empty(0, baseline).summaries)  # coded for `baseline`
+    again = PaneValues(other)
+    again.extend(pane.values)
+    summaries = Pane.empty(0, other).summaries
+    again.fold_into(summaries)
+    want = other.monitored["kind"].layout.empty()
+    want.update(columns.categorical["kind"])
+    assert summaries["kind"].counts.tolist() == want.counts.tolist()
+    assert summaries["kind"].missing == want.missing

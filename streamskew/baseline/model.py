@@ -141,10 +141,13 @@ class CategoricalBaseline:
     def missing_rate(self) -> float:
         return (self.missing + self.invalid) / self.records if self.records else 0.0
 
-    @property
+    @cached_property
     def bin_counts(self) -> np.ndarray:
-        """Counts in summary order: vocabulary, other, unseen (0 in the baseline)."""
-        return np.concatenate([self.vocabulary_counts, [self.other_count, 0]]).astype(np.int64)
+        """Counts in summary order: vocabulary, other, unseen (0 in the baseline); read-only
+        (every check of every window reads it)."""
+        counts = np.concatenate([self.vocabulary_counts, [self.other_count, 0]]).astype(np.int64)
+        counts.flags.writeable = False
+        return counts
 
     @property
     def unseen_rate(self) -> float:

@@ -66,6 +66,39 @@ class BaselineMismatch(ValueError):
     """A pane summarized against one baseline met another: its bins mean something else."""
 
 
+class _Categories:
+    """A chunk of categorical values (``[feature, record]`` objects) and, once a fold has
+    needed them, their codes. A small pane's records are folded again for every window
+    and finer scale that holds them; the chunk is shared by all of them (see
+    :meth:`PaneValues.extend`), so each value is looked up once."""
+
+    __slots__ = ("_baseline", "_codes", "values")
+
+    def __init__(self, values: np.ndarray, codes: np.ndarray | None = None,
+                 baseline: Baseline | None = None) -> None:
+        self.values = values
+        self._codes = codes
+        self._baseline = baseline  # whose layouts coded them
+
+    def codes(self, baseline: Baseline) -> np.ndarray:
+        if self._codes is None or self._baseline is not baseline:
+            codes = np.empty(self.values.shape, dtype=np.int64)
+            for i, name in enumerate(baseline.categorical_names):
+                codes[i] = baseline.monitored[name].layout.codes(self.values[i])  # type: ignore[union-attr]
+            self._codes, self._baseline = codes, baseline
+        return self._codes
+
+    @staticmethod
+    def concatenate(chunks: list[_Categories], baseline: Baseline) -> _Categories:
+        if not chunks:
+            return _Categories(np.empty((len(baseline.categorical_names), 0), dtype=object))
+        values = np.concatenate([c.values for c in chunks], axis=1)
+        if all(c._codes is not None and c._baseline is baseline for c in chunks):
+            return _Categories(values, np.concatenate([c._codes for c in chunks], axis=1),
+                               baseline)
+        return _Categories(values)
+
+
 class PaneValues:
     """The values of a small pane's records per feature of the baseline, not yet summarized.
 
@@ -80,7 +113,7 @@ class PaneValues:
         # record] objects (str or None), in the baseline's numeric_names and
         # categorical_names order: a pane's values are then a few arrays, not one per feature.
         self._numeric: list[np.ndarray] = []
-        self._categorical: list[np.ndarray] = []
+        self._categorical: list[_Categories] = []
 
     def add(self, columns: Columns) -> None:
         """Keep the values of decoded records."""
@@ -95,13 +128,20 @@ class PaneValues:
 
     def matrices(self) -> tuple[np.ndarray, np.ndarray]:
         """All values: ``[numeric feature, record]`` and ``[categorical feature, record]``."""
-        for chunks, dtype, width in ((self._numeric, np.float64, len(self.baseline.numeric_names)),
-                                     (self._categorical, object,
-                                      len(self.baseline.categorical_names))):
-            if len(chunks) != 1:
-                chunks[:] = [np.concatenate(chunks, axis=1) if chunks
-                             else np.empty((width, 0), dtype=dtype)]
-        return self._numeric[0], self._categorical[0]
+        if len(self._numeric) != 1:
+            self._numeric[:] = [np.concatenate(self._numeric, axis=1) if self._numeric
+                                else np.empty((len(self.baseline.numeric_names), 0))]
+        if len(self._categorical) != 1:
+            self._categorical[:] = [_Categories.concatenate(self._categorical, self.baseline)]
+        return self._numeric[0], self._categorical[0].values
+
+    def categorical_codes(self) -> np.ndarray:
+        """:meth:`CategoricalLayout.codes` of every categorical value, ``[feature, record]``.
+        Each chunk is coded on its own first, so that the panes sharing it keep its codes."""
+        for chunk in self._categorical:
+            chunk.codes(self.baseline)
+        self.matrices()
+        return self._categorical[0].codes(self.baseline)
 
     def copy(self) -> PaneValues:
         return PaneValues.union(self.baseline, [self])
@@ -127,10 +167,11 @@ class PaneValues:
         joint = self.baseline.joint
         slots = slots_buffer(len(joint.inputs), self.records) if joint is not None else None
         joint_row = {name: j for j, name in enumerate(joint.inputs)} if joint is not None else {}
+        codes = self.categorical_codes()  # (first: it codes each shared chunk once)
         numeric, categorical = self.matrices()
         for i, name in enumerate(self.baseline.categorical_names):
             summaries[name].update(categorical[i], invalid=self.invalid.get(name, 0),  # type: ignore[call-arg]
-                                   step=step, unseen={} if rederived else None)
+                                   step=step, unseen={} if rederived else None, codes=codes[i])
         for i, name in enumerate(self.baseline.numeric_names):
             row = joint_row.get(name)
             summaries[name].update(  # type: ignore[call-arg]
@@ -173,7 +214,7 @@ class PaneValues:
             raise ValueError("pane values do not match its record count")
         for i, row in enumerate(rows):
             categorical[i] = row
-        values._categorical = [categorical]
+        values._categorical = [_Categories(categorical)]
         values.invalid = {str(k): int(v) for k, v in dict(header.get("invalid") or {}).items()}
         values.records = records
         return values
@@ -391,7 +432,7 @@ class BatchValues:
         numeric, categorical = self._of(baseline)
         values = PaneValues(baseline)
         values._numeric.append(numeric[:, start:stop].copy())
-        values._categorical.append(categorical[:, start:stop].copy())
+        values._categorical.append(_Categories(categorical[:, start:stop].copy()))
         for name, running in self._invalid.items():
             count = int(running[stop] - running[start])
             if count and name in baseline.features:

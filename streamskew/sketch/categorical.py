@@ -68,6 +68,13 @@ class CategoricalLayout:
     def empty(self) -> CategoricalSummary:
         return CategoricalSummary(self, np.zeros(len(self.vocabulary) + 2, dtype=np.int64))
 
+    def codes(self, values: np.ndarray) -> np.ndarray:
+        """The slot of each value of an object column (-1: missing or invalid)."""
+        fallback = self.unseen_slot if self.tail_complete else self.other_slot
+        # map(index.get, values, repeat(fallback)) runs the lookups in C.
+        return np.fromiter(map(self.index.get, values, repeat(fallback)), dtype=np.int64,
+                           count=len(values))
+
     def read(self, data: bytes) -> CategoricalSummary:
         """A summary of this layout from :meth:`CategoricalSummary.to_bytes`."""
         return CategoricalSummary.from_bytes(data, self)
@@ -84,18 +91,18 @@ class CategoricalSummary:
     unseen: dict[str, int] = field(default_factory=dict)  # Misra-Gries heavy hitters
 
     def update(self, values: np.ndarray, invalid: int = 0, step: int = 1,
-               unseen: dict[str, int] | None = None) -> None:
+               unseen: dict[str, int] | None = None, codes: np.ndarray | None = None
+               ) -> None:
         """Add an object column of category strings (None = missing or invalid).
 
         ``step=-1`` removes values added before (the counts exactly; the heavy hitters are
         left alone: a window re-merges them). ``unseen``, when given, receives the unseen
-        values' heavy hitters instead of this summary (as for numeric moments)."""
+        values' heavy hitters instead of this summary (as for numeric moments). ``codes``:
+        ``layout.codes(values)``, when the caller has them already."""
         layout = self.layout
-        index = layout.index
         fallback = layout.unseen_slot if layout.tail_complete else layout.other_slot
-        # map(index.get, values, repeat(fallback)) runs the lookups in C.
-        codes = np.fromiter(map(index.get, values, repeat(fallback)), dtype=np.int64,
-                            count=len(values))
+        if codes is None:
+            codes = layout.codes(values)
         missing = codes < 0
         nulls = int(missing.sum())
         counted = np.bincount(codes[~missing], minlength=len(self.counts))
