@@ -175,6 +175,70 @@ def test_broker_paused_for_60s_is_waited_out(broker, baseline):
     _outage(broker, baseline, pause)
 
 
+def test_broker_killed_with_labels_pending_is_waited_out(broker):
+    """[labels] on: the broker is killed for 20 s while the join's committed checkpoint holds
+    requests waiting for their labels, and the rest of the stream comes after it. The service
+    stays up; the performance events are those of ``detect --labels`` over the same
+    records, each published once, and the join's counts are exact."""
+    from .performance_data import stream
+    from .test_performance import _baseline, _expected_counts
+    from .test_performance_kafka import (
+        PARTITIONS,
+        _detect,
+        _labels_config,
+        _pending_in_checkpoint,
+        _performance,
+        _published,
+        produce_labels,
+    )
+
+    bootstrap = broker.bootstrap
+    baseline = _baseline()
+    st = stream(hours=4, bug_from=2.0, late_share=0.03, duplicate_share=0.02,
+                unlabelled_share=0.05, orphans=40)
+    requests, labels = unique("outage-requests"), unique("outage-labels")
+    for name in (requests, labels):
+        create_topic(bootstrap, name, PARTITIONS)
+    # The first half, by time: requests are in time order, labels in arrival order.
+    first = st.requests[:len(st.requests) // 2]
+    middle = first[-1]["timestamp"]
+    first_labels = st.labels[:next(i for i, r in enumerate(st.labels)
+                                   if r["timestamp"] > middle)]
+    produce(bootstrap, requests, [orjson.dumps(r) for r in first], PARTITIONS,
+            transactional_id=unique("produce"))
+    produce_labels(bootstrap, labels, first_labels)
+    group = unique("outage-labels")
+    config = _labels_config(bootstrap, requests, labels, group)
+    running = Running(DetectorService(config, baseline, checkpoint_interval_s=0.5))
+    wait_until(lambda: _pending_in_checkpoint(config, baseline) > 0, 120,
+               lambda: "no committed checkpoint with pending requests", running.alive)
+    broker.stop(kill=True)
+    hold(20, running)
+    broker.start(timeout=180)
+    produce(bootstrap, requests, [orjson.dumps(r) for r in st.requests[len(first):]],
+            PARTITIONS, transactional_id=unique("produce"))
+    produce_labels(bootstrap, labels, st.labels[len(first_labels):])
+
+    def read_through() -> bool:  # every record of both topics read and committed
+        return (committed(bootstrap, group, requests) >= len(st.requests)
+                and committed(bootstrap, group, labels) >= len(st.labels))
+
+    wait_until(read_through, 240, lambda: "after the outage: not everything was committed",
+               running.alive)
+    stats = running.finish()
+    assert stats.kafka_errors, "the outage should have been seen (and waited out)"
+    rest = DetectorService(config, baseline, until_end=True)  # the windows the end makes final
+    rest.run()
+    published = _performance(_published(bootstrap, config))
+    ids = [e["event_id"] for e in published]
+    assert ids and len(ids) == len(set(ids)), "an event was published twice"
+    assert sorted(ids) == event_ids(_performance(_detect(config, baseline, st).events))
+    counts = rest.stats.labels
+    assert counts is not None
+    wanted = _expected_counts(st)
+    assert {k: getattr(counts, k) for k in wanted} == wanted
+
+
 # -- state of any size ---------------------------------------------------------------------------
 
 
