@@ -42,11 +42,13 @@ class LineBatch:
 
 
 def iter_batches(source: Input, batch: int = BATCH_LINES,
-                 on_bytes: Callable[[int], None] | None = None) -> Iterator[LineBatch]:
+                 on_bytes: Callable[[int], None] | None = None,
+                 labels: bool = False) -> Iterator[LineBatch]:
     """The lines of one input in batches, newline bytes removed; blank lines are skipped
-    (they are not records) and the line numbers stay exact."""
+    (they are not records) and the line numbers stay exact. ``labels``: the input holds
+    label records (``--labels``), which the error for a table names."""
     with source.open() as opened:
-        _check_messages(source, opened.head)
+        _check_messages(source, opened.head, labels)
         numbers: list[int] = []
         lines: list[bytes] = []
         for number, line in enumerate(opened.stream, start=1):
@@ -74,7 +76,7 @@ def iter_line_batches(path: str | os.PathLike[str], batch: int = BATCH_LINES
         yield part.numbers, part.lines
 
 
-def _check_messages(source: Input, head: bytes) -> None:
+def _check_messages(source: Input, head: bytes, labels: bool = False) -> None:
     """Training tables are not messages: say so before every line is rejected."""
     try:
         named = file_format(source) if not source.is_stdin else None
@@ -82,6 +84,11 @@ def _check_messages(source: Input, head: bytes) -> None:
         named = None  # no known extension: the content decides
     if named in ("csv", "parquet") or sniff_format(head) == "parquet":
         kind = "Parquet" if named == "parquet" or sniff_format(head) == "parquet" else "CSV"
+        if labels:
+            raise FileProblem(f"{source.label}: --labels reads JSON lines of label records "
+                              f"(request id, label, label time: the paths in [labels]); "
+                              f"this is a {kind} file. Write it as JSON lines (pandas: "
+                              "to_json(orient='records', lines=True))")
         raise FileProblem(f"{source.label}: detect reads JSON lines of prediction-request "
                           f"messages (what a Kafka record value holds); this is a {kind} "
                           "file. Training tables go to `streamskew baseline build`; to "
@@ -221,7 +228,8 @@ class _LabelStream:
     def __init__(self, sources: list[Input], config: Config) -> None:
         self.config = config
         self.batches = (batch for source in sources
-                        for batch in iter_batches(source, INTERLEAVED_BATCH_LINES))
+                        for batch in iter_batches(source, INTERLEAVED_BATCH_LINES,
+                                                  labels=True))
         self.next: LineBatch | None = None
         self.next_time: int | None = None
 
