@@ -737,3 +737,58 @@ def test_python_api_without_labels_config_says_what_to_do(classifier_baseline):
 def test_split_is_what_the_docs_say():
     s = split()
     assert (len(s.train), len(s.validation), len(s.test)) == (10_000, 9_000, 9_155)
+
+
+def _flat_requests_and_labels(n: int = 3000) -> tuple[Baseline, list[bytes], list[bytes]]:
+    """Flat requests (``features = ""``: the id, time, features and score side by side, as
+    pandas' ``to_json(orient='records', lines=True)`` writes logged rows) and their labels."""
+    rng = np.random.default_rng(8)
+    x = rng.normal(0, 1, 4000)
+    scores = 1 / (1 + np.exp(-2 * x))
+    truth = (rng.random(4000) < scores).astype(int)
+    baseline = Baseline.from_columns({"x": x.tolist(), "score": scores.tolist(),
+                                      "y": truth.tolist()}, label="y", prediction="score")
+    t0 = 1_764_324_000_000
+    requests, labels = [], []
+    for i in range(n):
+        xi = float(rng.normal(0, 1))
+        score = 1 / (1 + math.exp(-2 * xi))
+        requests.append(orjson.dumps({"request_id": f"r{i}", "timestamp": t0 + i * 400,
+                                      "x": xi, "score": score}))
+        labels.append(orjson.dumps({"request_id": f"r{i}", "label": int(rng.random() < score),
+                                    "timestamp": t0 + i * 400 + 30_000}))
+    return baseline, requests, labels
+
+
+def test_the_request_id_of_flat_requests_is_not_a_new_feature():
+    """With [labels] the request id is known for what it is: a flat request carries it
+    beside its features, and it must not raise `new_feature` on every window. Without
+    [labels] the same key is unknown, and the schema check still says so."""
+    baseline, requests, labels = _flat_requests_and_labels()
+    raw = {"message": {"features": "", "prediction": "score"},
+           "window": {"size": "10m", "pane": "5m"}}
+    with_labels = Detector(Config.from_dict({**raw, "labels": {"max_delay": "5m"}}), baseline)
+    events = with_labels.process(requests) + with_labels.process_labels(labels)
+    events += with_labels.flush()
+    assert "request_id" not in {e.feature for e in events}
+    assert with_labels.stats.labels.matched == len(labels)
+    without = Detector(Config.from_dict(raw), baseline)
+    events = without.process(requests) + without.flush()
+    assert ("request_id", "new_feature") in {(e.feature, e.metric) for e in events}
+
+
+def test_a_labels_table_given_to_detect_is_one_line_with_the_fix(tmp_path):
+    baseline, requests, _ = _flat_requests_and_labels(50)
+    baseline.save(tmp_path / "baseline.json")
+    (tmp_path / "requests.jsonl").write_bytes(b"\n".join(requests) + b"\n")
+    (tmp_path / "labels.csv").write_text(",request_id,label,timestamp\n0,r0,1,1764324030000\n")
+    (tmp_path / "streamskew.toml").write_text('[message]\nfeatures = ""\nprediction = "score"\n')
+    result = CliRunner().invoke(main, [
+        "detect", "--config", str(tmp_path / "streamskew.toml"), "--baseline",
+        str(tmp_path / "baseline.json"), str(tmp_path / "requests.jsonl"), "--labels",
+        str(tmp_path / "labels.csv")])
+    assert result.exit_code == 1
+    [line] = result.stderr.splitlines()
+    assert "labels.csv: --labels reads JSON lines of label records" in line
+    assert "this is a CSV file" in line and "to_json(orient='records', lines=True)" in line
+    assert "baseline build" not in line  # the requests' advice would mislead here

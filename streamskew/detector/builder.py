@@ -103,11 +103,14 @@ def union_schema(baselines: Mapping[str, Baseline]) -> dict[str, str]:
 
 
 def not_monitored(config: Config, baselines: Mapping[str, Baseline]) -> set[str]:
-    """Keys of a request that are known but not features: ignored in the config, or left
-    out of a baseline as ids or timestamps."""
+    """Keys of a request that are known but not features: ignored in the config, left
+    out of a baseline as ids or timestamps, or (with ``[labels]``) the request id, which a
+    flat message (``features = ""``) carries beside its features."""
     names = {name for name, feature in config.features.items() if feature.ignore}
     for baseline in baselines.values():
         names.update(baseline.left_out)
+    if config.labels is not None and config.labels.request_id:
+        names.add(config.labels.request_id.split(".")[0])
     return names
 
 
