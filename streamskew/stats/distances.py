@@ -27,6 +27,7 @@ against an independent reference (``scipy.spatial.distance.jensenshannon(base=2)
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numba
 import numpy as np
@@ -71,6 +72,8 @@ def _linf_row(s: np.ndarray, b: np.ndarray) -> float:  # pragma: no cover (numba
     return largest
 
 
+# One loop per distance, not one taking the row kernel as an argument: numba does not cache
+# a function-typed argument across processes, and every process would compile it (~1.3 s).
 @numba.njit(cache=True, nogil=True)
 def _jsd_rows(s: np.ndarray, b: np.ndarray) -> np.ndarray:  # pragma: no cover (numba)
     out = np.empty(s.shape[0])
@@ -87,30 +90,23 @@ def _linf_rows(s: np.ndarray, b: np.ndarray) -> np.ndarray:  # pragma: no cover 
     return out
 
 
-def _rows(s: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """Many windows against one baseline (a noise-floor simulation: 1,000 at a time): the
-    compiled row loop is ~10x numpy's temporaries, and gives each window the very value
-    :func:`_row` gives it. None for other shapes."""
-    if s.ndim != 2 or b.ndim != 1 or s.shape[1:] != b.shape:
+def _compiled(row: Callable, rows: Callable, s: np.ndarray, b: np.ndarray
+              ) -> np.ndarray | None:
+    """A compiled distance of one window (``row``: every check of every window), or of each
+    of a stack of windows (``rows``: a noise-floor simulation, 1,000 at a time), which so
+    gets the very value each window gets when judged alone; a compiled loop beats a dozen
+    numpy calls on ~100 bins. None for other shapes."""
+    if s.ndim not in (1, 2) or b.ndim != 1 or s.shape[-1:] != b.shape:
         return None
-    return np.ascontiguousarray(s, dtype=np.float64), np.ascontiguousarray(b, dtype=np.float64)
-
-
-def _row(s: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """One window against the baseline (every check of every window): a compiled loop
-    beats a dozen numpy calls on ~100 bins. None for batches (the noise simulations)."""
-    if s.ndim != 1 or b.ndim != 1 or s.shape != b.shape:
-        return None
-    return np.ascontiguousarray(s, dtype=np.float64), np.ascontiguousarray(b, dtype=np.float64)
+    s = np.ascontiguousarray(s, dtype=np.float64)
+    b = np.ascontiguousarray(b, dtype=np.float64)
+    return np.float64(row(s, b)) if s.ndim == 1 else rows(s, b)
 
 
 def jsd(s: np.ndarray, b: np.ndarray, **_: object) -> np.ndarray:
-    row = _row(s, b)
-    if row is not None:
-        return np.float64(_jsd_row(*row))
-    rows = _rows(s, b)
-    if rows is not None:
-        return _jsd_rows(*rows)
+    compiled = _compiled(_jsd_row, _jsd_rows, s, b)
+    if compiled is not None:
+        return compiled
     p, q = _probabilities(s), _probabilities(b)
     m = 0.5 * (p + q)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -121,12 +117,9 @@ def jsd(s: np.ndarray, b: np.ndarray, **_: object) -> np.ndarray:
 
 
 def linf(s: np.ndarray, b: np.ndarray, **_: object) -> np.ndarray:
-    row = _row(s, b)
-    if row is not None:
-        return np.float64(_linf_row(*row))
-    rows = _rows(s, b)
-    if rows is not None:
-        return _linf_rows(*rows)
+    compiled = _compiled(_linf_row, _linf_rows, s, b)
+    if compiled is not None:
+        return compiled
     return np.abs(_probabilities(s) - _probabilities(b)).max(axis=-1)
 
 
