@@ -225,8 +225,10 @@ def test_broker_killed_with_labels_pending_is_waited_out(broker):
 
     wait_until(read_through, 240, lambda: "after the outage: not everything was committed",
                running.alive)
-    stats = running.finish()
-    assert stats.kafka_errors, "the outage should have been seen (and waited out)"
+    # Either the service met the outage (and carried on from its checkpoint) or kafka-python
+    # waited it out inside its own retries, when no transaction was open as the broker went:
+    # both must give the events and counts below, and one CI run saw each.
+    running.finish()
     rest = DetectorService(config, baseline, until_end=True)  # the windows the end makes final
     rest.run()
     published = _performance(_published(bootstrap, config))
